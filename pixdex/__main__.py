@@ -1,0 +1,5 @@
+import sys
+
+from pixdex.cli import main
+
+sys.exit(main())

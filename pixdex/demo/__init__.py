@@ -1,0 +1,1 @@
+"""Demo assets: the procedural shapes world and the shapes-clip model trained on it."""
