@@ -1,0 +1,172 @@
+"""The model wrapper: one object that turns images and texts into L2-normalised embeddings.
+
+Loads any CLIP-style model that AutoModelForZeroShotImageClassification accepts (CLIP, SigLIP,
+SigLIP2, ...) through from_pretrained, so a hub id, a cached model and a local folder all work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexer.errors import PixdexError
+from indexer.inputs import ImageInput, load_image_input
+from indexer.models import DEFAULT_MODEL, explain_load_failure, resolve_model
+
+SIGLIP_TEXT_LENGTH = 64  # what the zero-shot pipeline pads SigLIP prompts to
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a store records about the model that made its embeddings."""
+
+    name: str
+    family: str  # "clip" (softmax scoring) or "siglip" (sigmoid scoring)
+    dim: int
+    fingerprint: str
+    model_type: str
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` means cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def weights_fingerprint(model: torch.nn.Module, config: dict) -> str:
+    """A short hash of the config and a sample of every weight tensor: same model, same fingerprint."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = torch.cat([flat[:256], flat[-256:]]).float().cpu().numpy()
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(sample.tobytes())
+    return h.hexdigest()[:16]
+
+
+def features(out) -> torch.Tensor:
+    """get_*_features returns a tensor in transformers 4 and a pooled output in 5."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class Encoder:
+    """Embeds images and texts with one CLIP-style model; outputs are float32 and L2-normalised."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: torch.dtype | None = None):
+        from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
+
+        self.name = model
+        self.path = resolve_model(model)
+        self.device = pick_device(device)
+        if dtype is None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype
+        try:
+            self.model = AutoModelForZeroShotImageClassification.from_pretrained(self.path, dtype=dtype)
+            self.processor = AutoProcessor.from_pretrained(self.path)
+        except OSError as exc:
+            raise explain_load_failure(model, exc) from None
+        except ValueError as exc:
+            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: {exc}") from None
+        self.model.to(self.device).eval()
+        self.config = self.model.config
+        self.model_type = self.config.model_type
+        self.family = "siglip" if "siglip" in self.model_type else "clip"
+        self.image_processor = self.processor.image_processor
+        self.tokenizer = self.processor.tokenizer
+        self.logit_scale = float(self.model.logit_scale.detach().float().exp().item())
+        bias = getattr(self.model, "logit_bias", None)
+        self.logit_bias = float(bias.detach().float().item()) if bias is not None else None
+        self.fingerprint = weights_fingerprint(self.model, self.config.to_dict())
+        self.dim = int(self.encode_texts(["a"]).shape[1])
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.name, self.family, self.dim, self.fingerprint, self.model_type)
+
+    @property
+    def image_size(self) -> int:
+        """The model's square input edge (used for JPEG draft decoding)."""
+        return int(getattr(self.config.vision_config, "image_size", 224))
+
+    # ---- text -------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise like the zero-shot pipeline: SigLIP pads to 64 tokens, CLIP to the longest."""
+        if self.family == "siglip":
+            kwargs = {"padding": "max_length", "max_length": SIGLIP_TEXT_LENGTH, "truncation": True}
+        else:
+            max_len = getattr(self.config.text_config, "max_position_embeddings", 77)
+            kwargs = {"padding": True, "truncation": True, "max_length": max_len}
+        return self.tokenizer(list(texts), return_tensors="pt", **kwargs)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, normalize: bool = True) -> np.ndarray:
+        """Text embeddings, one row per text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenize(texts[start : start + batch_size]).to(self.device)
+            rows.append(self._finish(features(self.model.get_text_features(**tokens)), normalize))
+        if not rows:
+            return np.zeros((0, getattr(self, "dim", 0)), np.float32)
+        return np.concatenate(rows)
+
+    # ---- images -----------------------------------------------------------------------------
+    def preprocess(self, images: Sequence) -> dict[str, np.ndarray]:
+        """The model's own processor on RGB PIL images (numpy arrays, ready to batch)."""
+        return dict(self.image_processor(images=list(images), return_tensors="np"))
+
+    @torch.inference_mode()
+    def embed_pixels(self, batch: dict[str, np.ndarray], normalize: bool = True) -> np.ndarray:
+        """Image embeddings from preprocessed arrays (the output of preprocess, possibly stacked)."""
+        tensors = {}
+        for key, value in batch.items():
+            t = torch.from_numpy(np.ascontiguousarray(value))
+            if t.is_floating_point():
+                t = t.to(self.dtype)
+            tensors[key] = t.to(self.device, non_blocking=True)
+        return self._finish(features(self.model.get_image_features(**tensors)), normalize)
+
+    def encode_images(
+        self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 64, normalize: bool = True
+    ) -> np.ndarray:
+        """Embeddings for paths, URLs, PIL images or bytes (one row each)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        rows = []
+        for start in range(0, len(images), batch_size):
+            pil = [load_image_input(x) for x in images[start : start + batch_size]]
+            rows.append(self.embed_pixels(self.preprocess(pil), normalize))
+        if not rows:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(rows)
+
+    def _finish(self, emb: torch.Tensor, normalize: bool) -> np.ndarray:
+        emb = emb.float()
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb.cpu().numpy()
+
+
+_CACHE: dict[tuple, Encoder] = {}
+
+
+def get_encoder(model: str = DEFAULT_MODEL, device: str = "auto") -> Encoder:
+    """A process-wide cached Encoder, so opening several stores loads a model once."""
+    key = (resolve_model(model), device, os.getpid())
+    if key not in _CACHE:
+        _CACHE[key] = Encoder(model, device=device)
+    return _CACHE[key]

@@ -1,0 +1,50 @@
+"""Model names: short names registered by plugins, local directories, and hub ids."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from indexer.errors import PixdexError
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+ENTRY_POINT_GROUP = "pixdex.models"  # e.g. `shapes-clip`, registered by the pixdex package
+
+
+def registered_models() -> dict[str, str]:
+    """Short model names mapped to local directories, from the `pixdex.models` entry points."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[ep.name] = str(ep.load()())
+        except Exception:  # a broken plugin must not break model loading
+            continue
+    return found
+
+
+def resolve_model(name: str) -> str:
+    """A local directory or hub id for `name` (a short name, a path, or a hub id)."""
+    if not name or not str(name).strip():
+        raise PixdexError("empty model name")
+    name = str(name)
+    if os.path.isdir(os.path.expanduser(name)):
+        return str(Path(name).expanduser().resolve())
+    short = registered_models()
+    if name in short:
+        return short[name]
+    if name.startswith((".", "/", "~")):
+        raise PixdexError(f"model directory not found: {name}")
+    return name  # a hub id; from_pretrained reads the cache or the hub
+
+
+def explain_load_failure(name: str, exc: Exception) -> PixdexError:
+    """Turn a from_pretrained failure into a one-line error that shows how to pass a local model."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it is not cached and the hub is unreachable"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return PixdexError(
+        f"cannot load model '{name}': {why} or it does not exist ({first[:160]}). "
+        f"Pass a local directory with --model PATH (for example a save_pretrained folder), "
+        f"or one of: {', '.join(sorted(registered_models())) or 'no registered short names'}"
+    )

@@ -1,0 +1,458 @@
+"""The collection store: a directory that search and classify open later.
+
+Layout (every file immutable once named in the manifest; the manifest is written last):
+    manifest.json                  the committed state: model, counts, shard list, current files
+    shards/emb-NNNNNN.npy          float16 [rows, dim], L2-normalised, memory-mappable, append-only
+    shards/meta-NNNNNN.parquet     id, path, bytes, mtime, width, height, sha256, source columns
+    deleted-GGGGGG.npy             ids of removed rows (sorted int64)
+    errors-GGGGGG.parquet          files that could not be indexed: path, reason, bytes, mtime
+    tags/NAME-GGGGGG.parquet       tag columns written by classify --save-as (id + columns)
+    index-GGGGGG.faiss             the FAISS index over live rows, FAISS ids = store ids
+Ids are assigned in order and never reused, so shard k holds the contiguous id range
+[first_id, first_id + rows).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from indexer.atomic import save_json, save_npy, save_parquet
+from indexer.encoder import ModelInfo
+from indexer.errors import ModelMismatchError, PixdexError
+
+FORMAT = "pixdex-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ERROR_SCHEMA = pa.schema(
+    [("path", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()), ("mtime", pa.float64())]
+)
+BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+class Store:
+    """A read-only snapshot of a store: what the manifest said when it was opened."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._shards = manifest["shards"]
+        self._first_ids = np.array([s["first_id"] for s in self._shards], dtype=np.int64)
+        self._emb_cache: dict[int, np.ndarray] = {}
+        self._meta: pa.Table | None = None
+        self._deleted = self._load_deleted()
+
+    # ---- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Store":
+        """Open the last committed state of the store at `path`."""
+        path = Path(path).expanduser()
+        mf = path / MANIFEST
+        if not mf.is_file():
+            what = "does not exist" if not path.exists() else "is not a pixdex store (no manifest.json)"
+            raise PixdexError(f"store {path} {what}")
+        manifest = json.loads(mf.read_text())
+        if manifest.get("format") != FORMAT or manifest.get("version", 0) > FORMAT_VERSION:
+            raise PixdexError(f"store {path} has an unsupported format/version {manifest.get('version')}")
+        return cls(path, manifest)
+
+    # ---- facts ------------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def count(self) -> int:
+        """Live items (stored rows minus removed ones)."""
+        return int(self.manifest["counts"]["items"])
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def index_info(self) -> dict:
+        return self.manifest.get("index") or {}
+
+    @property
+    def deleted_ids(self) -> np.ndarray:
+        return self._deleted
+
+    def check_model(self, info: ModelInfo) -> None:
+        """Refuse a model other than the one the store was built with."""
+        mine = self.model
+        if info.fingerprint != mine["fingerprint"] or info.dim != self.dim:
+            raise ModelMismatchError(
+                f"store {self.path} was built with model '{mine['name']}' (fingerprint {mine['fingerprint']}, "
+                f"dim {self.dim}); '{info.name}' (fingerprint {info.fingerprint}, dim {info.dim}) cannot be used "
+                f"with it. Use --model {mine['name']} or index into a new store."
+            )
+
+    # ---- embeddings -------------------------------------------------------------------------
+    def _load_deleted(self) -> np.ndarray:
+        name = self.manifest.get("deleted")
+        if not name:
+            return np.zeros(0, np.int64)
+        return np.load(self.path / name)
+
+    def shard_embeddings(self, k: int) -> np.ndarray:
+        """Shard k's float16 embeddings, memory-mapped (rows include removed ones)."""
+        if k not in self._emb_cache:
+            self._emb_cache[k] = np.load(self.path / self._shards[k]["embeddings"], mmap_mode="r")
+        return self._emb_cache[k]
+
+    def shard_ids(self, k: int) -> np.ndarray:
+        s = self._shards[k]
+        return np.arange(s["first_id"], s["first_id"] + s["rows"], dtype=np.int64)
+
+    def iter_embeddings(self, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float16 embeddings) of live rows in id order, a bounded batch at a time."""
+        for k in range(len(self._shards)):
+            ids_all = self.shard_ids(k)
+            emb = self.shard_embeddings(k)
+            for start in range(0, len(ids_all), batch_rows):
+                ids = ids_all[start : start + batch_rows]
+                block = emb[start : start + batch_rows]
+                if len(self._deleted):
+                    keep = ~np.isin(ids, self._deleted)
+                    if not keep.all():
+                        ids, block = ids[keep], block[keep]
+                if len(ids):
+                    yield ids, np.asarray(block)
+
+    def ids(self) -> np.ndarray:
+        """All live ids in order."""
+        parts = [self.shard_ids(k) for k in range(len(self._shards))]
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return ids[~np.isin(ids, self._deleted)] if len(self._deleted) else ids
+
+    def embeddings(self, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, embeddings) of every live row, loaded into memory: for small stores and tools."""
+        ids, blocks = [], []
+        for i, e in self.iter_embeddings():
+            ids.append(i)
+            blocks.append(e.astype(dtype))
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), dtype)
+        return np.concatenate(ids), np.concatenate(blocks)
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, row in shard) for each id; PixdexError for ids not stored or removed."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        shard = np.searchsorted(self._first_ids, ids, side="right") - 1
+        bad = shard < 0
+        ok = ~bad
+        rows = np.zeros_like(ids)
+        if ok.any():
+            rows[ok] = ids[ok] - self._first_ids[shard[ok]]
+            sizes = np.array([s["rows"] for s in self._shards], dtype=np.int64)
+            bad[ok] |= rows[ok] >= sizes[shard[ok]]
+        if len(self._deleted):
+            bad |= np.isin(ids, self._deleted)
+        if bad.any():
+            raise PixdexError(f"unknown id {int(ids[bad][0])} in store {self.path} ({self.count} items)")
+        return shard, rows
+
+    def vectors(self, ids) -> np.ndarray:
+        """float32 embeddings for the given live ids, in that order."""
+        shard, rows = self.locate(ids)
+        out = np.zeros((len(shard), self.dim), np.float32)
+        for k in np.unique(shard):
+            sel = shard == k
+            out[sel] = self.shard_embeddings(int(k))[rows[sel]]
+        return out
+
+    # ---- metadata ---------------------------------------------------------------------------
+    def metadata(self) -> pa.Table:
+        """Metadata of live rows (base columns, source columns and saved tags), in id order."""
+        if self._meta is None:
+            tables = [pq.read_table(self.path / s["metadata"]) for s in self._shards]
+            if tables:
+                table = pa.concat_tables(tables, promote_options="permissive")
+            else:
+                table = pa.table({c: pa.array([], t) for c, t in zip(BASE_COLUMNS, _BASE_TYPES)})
+            if len(self._deleted):
+                table = table.filter(pc.invert(pc.is_in(table["id"], pa.array(self._deleted))))
+            for name, file in sorted((self.manifest.get("tags") or {}).items()):
+                tags = pq.read_table(self.path / file)
+                table = _left_join_by_id(table, tags)
+            self._meta = table
+        return self._meta
+
+    def item(self, id: int) -> dict:
+        """One item's metadata as a dict."""
+        self.locate([id])
+        table = self.metadata()
+        row = table.filter(pc.equal(table["id"], int(id)))
+        return {k: v[0] for k, v in row.to_pydict().items()}
+
+    def paths(self, ids) -> list[str]:
+        table = self.metadata()
+        lookup = dict(zip(table["id"].to_pylist(), table["path"].to_pylist()))
+        return [lookup[int(i)] for i in ids]
+
+    def errors(self) -> pa.Table:
+        name = self.manifest.get("errors")
+        return pq.read_table(self.path / name) if name else ERROR_SCHEMA.empty_table()
+
+    def tag_sets(self) -> list[str]:
+        return sorted(self.manifest.get("tags") or {})
+
+    # ---- index ------------------------------------------------------------------------------
+    def index_path(self) -> Path | None:
+        name = self.index_info.get("file")
+        return self.path / name if name else None
+
+    def load_index(self):
+        """The FAISS index, memory-mapped where the index type allows it (IVF)."""
+        import faiss
+
+        path = self.index_path()
+        if path is None:
+            raise PixdexError(f"store {self.path} has no index yet (run pixdex index again)")
+        if self.index_info.get("type", "").startswith("ivf"):
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        else:
+            index = faiss.read_index(str(path))
+        from indexer.faiss_index import apply_search_params
+
+        apply_search_params(index, self.index_info.get("params") or {})
+        return index
+
+    def index_is_current(self) -> bool:
+        """True when the index holds exactly the live rows of this snapshot."""
+        info = self.index_info
+        return bool(info.get("file")) and info.get("rows") == self.manifest["counts"]["rows"] and (
+            info.get("deleted") == len(self._deleted)
+        )
+
+
+_BASE_TYPES = [pa.int64(), pa.string(), pa.int64(), pa.float64(), pa.int32(), pa.int32(), pa.string()]
+
+
+def _left_join_by_id(table: pa.Table, tags: pa.Table) -> pa.Table:
+    """Add tag columns to table by id (missing ids get nulls), keeping table's order."""
+    tag_ids = tags["id"].to_numpy()
+    pos = {int(i): k for k, i in enumerate(tag_ids)}
+    take = pa.array([pos.get(int(i)) for i in table["id"].to_numpy()], pa.int64())
+    for name in tags.column_names:
+        if name == "id":
+            continue
+        col = tags[name].take(take)
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, col)
+        else:
+            table = table.append_column(name, col)
+    return table
+
+
+class StoreWriter:
+    """Appends to a store under an exclusive lock; commit() makes everything written so far durable.
+
+    A killed writer leaves only files the manifest does not name; they are swept on the next open.
+    """
+
+    def __init__(self, path: str | os.PathLike, model: ModelInfo | None = None, shard_rows: int = 4096):
+        self.path = Path(path).expanduser()
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "shards").mkdir(exist_ok=True)
+        self._lock = open(self.path / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PixdexError(f"store {self.path} is being written by another process") from None
+        self.shard_rows = shard_rows
+        if is_store(self.path):
+            self.manifest = Store.open(self.path).manifest
+            if model is not None:
+                Store(self.path, self.manifest).check_model(model)
+        else:
+            if model is None:
+                raise PixdexError(f"store {self.path} does not exist")
+            if any(p for p in self.path.iterdir() if p.name not in (".lock", "shards")):
+                raise PixdexError(f"{self.path} exists and is not a pixdex store; choose an empty directory")
+            self.manifest = new_manifest(model)
+        self._sweep()
+        self._pending_rows: list[dict] = []
+        self._pending_emb: list[np.ndarray] = []
+        self._deleted = set(Store(self.path, self.manifest).deleted_ids.tolist())
+        self._errors: dict[str, dict] = {r["path"]: r for r in self.snapshot().errors().to_pylist()}
+        self._dirty = False
+
+    def snapshot(self) -> Store:
+        """A reader over what is committed now."""
+        return Store(self.path, self.manifest)
+
+    # ---- writes -----------------------------------------------------------------------------
+    def append(self, rows: list[dict], embeddings: np.ndarray) -> list[int]:
+        """Queue rows (metadata dicts without id) with their embeddings; returns their new ids."""
+        if len(rows) != len(embeddings):
+            raise ValueError("rows and embeddings differ in length")
+        start = self.manifest["next_id"] + sum(len(e) for e in self._pending_emb)
+        ids = list(range(start, start + len(rows)))
+        for i, row in zip(ids, rows):
+            row["id"] = i
+            self._errors.pop(row["path"], None)
+        self._pending_rows.extend(rows)
+        self._pending_emb.append(np.asarray(embeddings, np.float16))
+        if len(self._pending_rows) >= self.shard_rows:
+            self.commit()
+        return ids
+
+    def delete(self, ids) -> None:
+        self._deleted.update(int(i) for i in ids)
+        self._dirty = True
+
+    def record_error(self, path: str, reason: str, size: int | None, mtime: float | None) -> None:
+        self._errors[path] = {"path": path, "reason": reason, "bytes": size, "mtime": mtime}
+        self._dirty = True
+
+    def forget_errors(self, paths) -> None:
+        for p in paths:
+            if self._errors.pop(p, None) is not None:
+                self._dirty = True
+
+    def write_tags(self, name: str, table: pa.Table) -> None:
+        """Store tag columns (an `id` column plus others) as the named tag set, replacing it."""
+        if "id" not in table.column_names:
+            raise PixdexError("tag table needs an 'id' column")
+        gen = self.manifest["generation"] + 1
+        (self.path / "tags").mkdir(exist_ok=True)
+        rel = f"tags/{name}-{gen:06d}.parquet"
+        save_parquet(self.path / rel, table)
+        self.manifest.setdefault("tags", {})[name] = rel
+        self._dirty = True
+
+    def set_index(self, info: dict) -> None:
+        """Record a freshly written index (info["file"] already on disk)."""
+        self.manifest["index"] = info
+        self._dirty = True
+
+    def commit(self) -> None:
+        """Write the pending shard and the changed tables, then the manifest (last, atomically)."""
+        m = self.manifest
+        gen = m["generation"] + 1
+        if self._pending_rows:
+            emb = np.concatenate(self._pending_emb)
+            name = f"{len(m['shards']):06d}"
+            emb_rel, meta_rel = f"shards/emb-{name}.npy", f"shards/meta-{name}.parquet"
+            save_npy(self.path / emb_rel, emb)
+            save_parquet(self.path / meta_rel, rows_to_table(self._pending_rows))
+            m["shards"].append(
+                {"embeddings": emb_rel, "metadata": meta_rel, "first_id": m["next_id"], "rows": len(emb)}
+            )
+            m["next_id"] += len(emb)
+            self._pending_rows, self._pending_emb = [], []
+            self._dirty = True
+        if not self._dirty:
+            return
+        if len(self._deleted) != (len(np.load(self.path / m["deleted"])) if m.get("deleted") else 0):
+            m["deleted"] = f"deleted-{gen:06d}.npy"
+            save_npy(self.path / m["deleted"], np.array(sorted(self._deleted), dtype=np.int64))
+        errors = pa.Table.from_pylist(list(self._errors.values()), schema=ERROR_SCHEMA)
+        old_errors = self.snapshot().errors()
+        if not errors.equals(old_errors):
+            m["errors"] = f"errors-{gen:06d}.parquet"
+            save_parquet(self.path / m["errors"], errors)
+        rows = sum(s["rows"] for s in m["shards"])
+        m["counts"] = {"rows": rows, "items": rows - len(self._deleted), "deleted": len(self._deleted),
+                       "errors": len(self._errors)}
+        m["generation"] = gen
+        m["updated"] = now_iso()
+        save_json(self.path / MANIFEST, m)
+        self._dirty = False
+
+    def close(self) -> None:
+        self.commit()
+        self._sweep(keep_previous=True)
+        self._lock.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # keep what was committed; drop the half-made shard
+            self._lock.close()
+
+    # ---- housekeeping -----------------------------------------------------------------------
+    def _referenced(self) -> set[str]:
+        m = self.manifest
+        names = {MANIFEST, ".lock"}
+        for s in m["shards"]:
+            names.update([s["embeddings"], s["metadata"]])
+        for key in ("deleted", "errors"):
+            if m.get(key):
+                names.add(m[key])
+        if (m.get("index") or {}).get("file"):
+            names.add(m["index"]["file"])
+        names.update((m.get("tags") or {}).values())
+        return names
+
+    def _sweep(self, keep_previous: bool = False) -> None:
+        """Remove files no manifest names (left by a killed job); optionally keep the last generation."""
+        keep = self._referenced()
+        if keep_previous:
+            keep |= set(self.manifest.get("previous_files", []))
+            self.manifest["previous_files"] = sorted(keep)
+        for p in list(self.path.glob("*")) + list(self.path.glob("shards/*")) + list(self.path.glob("tags/*")):
+            rel = p.relative_to(self.path).as_posix()
+            if p.is_file() and rel not in keep and not rel.startswith("cache/"):
+                p.unlink()
+
+
+def new_manifest(model: ModelInfo) -> dict:
+    t = now_iso()
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": asdict(model),
+        "dim": model.dim,
+        "dtype": "float16",
+        "metric": "inner_product",
+        "normalized": True,
+        "shards": [],
+        "next_id": 0,
+        "generation": 0,
+        "counts": {"rows": 0, "items": 0, "deleted": 0, "errors": 0},
+        "index": {},
+        "tags": {},
+        "created": t,
+        "updated": t,
+    }
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Metadata rows as a table with the base columns first and typed."""
+    table = pa.Table.from_pylist(rows)
+    cols = [c for c in BASE_COLUMNS if c in table.column_names] + [
+        c for c in table.column_names if c not in BASE_COLUMNS
+    ]
+    table = table.select(cols)
+    for name, typ in zip(BASE_COLUMNS, _BASE_TYPES):
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name, table[name].cast(typ))
+    return table
+

@@ -1,0 +1,33 @@
+"""Small helpers the subcommands share."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from indexer.errors import PixdexError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'4G', '512MiB', '1000000' -> bytes."""
+    if text is None:
+        return None
+    m = _SIZE.match(text)
+    if not m:
+        raise PixdexError(f"cannot read size {text!r}: use a number with an optional K/M/G/T suffix")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def add_model_args(p, default: str | None) -> None:
+    p.add_argument("--model", default=default,
+                   help="model: hub id, local save_pretrained folder, or a short name such as shapes-clip"
+                   + (f" (default {default})" if default else " (default: the store's model)"))
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")

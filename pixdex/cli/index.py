@@ -1,0 +1,106 @@
+"""`pixdex index` and `pixdex info`."""
+
+from __future__ import annotations
+
+import sys
+
+from indexer.decode import DEFAULT_MAX_PIXELS
+from indexer.faiss_index import INDEX_TYPES
+from indexer.models import DEFAULT_MODEL
+from pixdex.cli.common import add_model_args, parse_bytes, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("index", help="embed image sources into a store (incremental, restartable)",
+                       description="Embed images from folders, path lists or datasets into a store with a FAISS "
+                       "index. Re-running encodes only new and changed files and removes deleted ones.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder, text file of paths, image file, dataset folder (save_to_disk), .parquet, "
+                   "or imagefolder:DIR")
+    p.add_argument("--out", "-o", required=True, metavar="STORE", help="store directory (created if missing)")
+    add_model_args(p, DEFAULT_MODEL)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores-1 on CPU)")
+    p.add_argument("--index", choices=INDEX_TYPES, default="auto", help="FAISS index type (default auto)")
+    p.add_argument("--max-index-memory", default=None, metavar="SIZE", help="memory budget for the index, e.g. 4G")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images (decompression-bomb guard; default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--hidden", action="store_true", help="include hidden files and folders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the closing summary as one JSON object")
+    p.set_defaults(func=run_index)
+
+    q = sub.add_parser("info", help="describe a store: size, model, index, errors")
+    q.add_argument("store", metavar="STORE")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--errors", action="store_true", help="list files that could not be indexed")
+    q.set_defaults(func=run_info)
+
+
+def run_index(args) -> int:
+    from indexer.job import index_collection
+
+    summary = index_collection(
+        args.sources, args.out, model=args.model, device=args.device, batch_size=args.batch_size,
+        workers=args.workers, index=args.index, max_index_memory=parse_bytes(args.max_index_memory),
+        include_hidden=args.hidden, max_pixels=args.max_pixels, progress=not args.no_progress,
+    )
+    if args.json:
+        print_json(summary.to_dict())
+    else:
+        print(summary.line())
+        idx = summary.index
+        if idx.get("type"):
+            print(f"index: {idx.get('factory')} ({idx.get('type')}), recall@10 {idx.get('recall_at_10')}, "
+                  f"params {idx.get('params') or '-'}")
+    return 0
+
+
+def store_info(store) -> dict:
+    """The facts `pixdex info --json` prints."""
+    m = store.manifest
+    idx = store.index_info
+    return {
+        "store": str(store.path),
+        "count": store.count,
+        "dim": store.dim,
+        "model": m["model"]["name"],
+        "model_family": m["model"]["family"],
+        "model_fingerprint": m["model"]["fingerprint"],
+        "dtype": m["dtype"],
+        "metric": m["metric"],
+        "shards": len(m["shards"]),
+        "deleted": m["counts"]["deleted"],
+        "errors": m["counts"]["errors"],
+        "index": {"type": idx.get("type"), "factory": idx.get("factory"), "recall_at_10": idx.get("recall_at_10"),
+                  "params": idx.get("params"), "ntotal": idx.get("ntotal"), "current": store.index_is_current()},
+        "tags": store.tag_sets(),
+        "created": m["created"],
+        "updated": m["updated"],
+    }
+
+
+def run_info(args) -> int:
+    from indexer.store import Store
+
+    store = Store.open(args.store)
+    info = store_info(store)
+    errors = store.errors().to_pylist() if args.errors else []
+    if args.json:
+        if args.errors:
+            info["error_list"] = [{"path": e["path"], "reason": e["reason"]} for e in errors]
+        print_json(info)
+        return 0
+    if args.errors:
+        for e in errors:
+            print(f"{e['path']}\t{e['reason']}")
+        if not errors:
+            print("no errors", file=sys.stderr)
+        return 0
+    idx = info["index"]
+    print(f"store     {info['store']}\nitems     {info['count']} ({info['deleted']} removed rows, "
+          f"{info['shards']} shards)\nmodel     {info['model']} ({info['model_family']}, dim {info['dim']}, "
+          f"fingerprint {info['model_fingerprint']})\nindex     {idx['factory']} recall@10={idx['recall_at_10']} "
+          f"params={idx['params']}\nerrors    {info['errors']}\ntags      {', '.join(info['tags']) or '-'}\n"
+          f"updated   {info['updated']}")
+    return 0
