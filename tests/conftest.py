@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random models, a generated shapes collection, and stores built from them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from models import save_random_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Directory of a random-weight CLIP checkpoint (real tokenizer and processor)."""
+    return str(save_random_clip(tmp_path_factory.mktemp("models") / "tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """A 48-image shapes-world collection (seed 7) with labels.csv."""
+    from pixdex.demo.world import write_collection
+
+    out = tmp_path_factory.mktemp("shapes") / "collection"
+    write_collection(out, count=48, seed=7)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_clip() -> str:
+    """The shipped shapes-clip model directory."""
+    from pixdex.demo.assets import shapes_clip_path
+
+    path = shapes_clip_path()
+    if not (Path(path) / "config.json").is_file():
+        pytest.fail("shapes-clip weights are missing from pixdex/demo/shapes-clip (python -m pixdex.demo.train)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_clip, shapes_dir) -> Path:
+    """A store of the shapes collection built with the tiny random CLIP (read-only: copy before writing)."""
+    from indexer.job import index_collection
+
+    out = tmp_path_factory.mktemp("stores") / "tiny.pixdex"
+    index_collection([str(shapes_dir)], out, model=tiny_clip, progress=False, workers=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes_store(tmp_path_factory, shapes_clip) -> Path:
+    """A 240-image shapes-world store (seed 11) built with shapes-clip (read-only: copy before writing)."""
+    from indexer.job import index_collection
+    from pixdex.demo.world import write_collection
+
+    root = tmp_path_factory.mktemp("shapes-store")
+    write_collection(root / "images", count=240, seed=11)
+    out = root / "store.pixdex"
+    index_collection([str(root / "images")], out, model=shapes_clip, progress=False, workers=0)
+    return out
