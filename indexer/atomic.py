@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def fsync_dir(directory: Path) -> None:
 def write_atomic(path: Path, writer: Callable[[Path], None]) -> None:
     """Call writer(tmp_path), fsync it, then rename over path: readers see old or new, never half."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:

@@ -10,7 +10,7 @@ from indexer.errors import PixdexError
 from pixdex import __version__
 
 # Each module exposes register(subparsers); the order here is the order in --help.
-COMMAND_MODULES = ["shapes", "index", "demo"]
+COMMAND_MODULES = ["shapes", "index", "search", "classify", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

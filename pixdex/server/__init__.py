@@ -1,0 +1,1 @@
+"""HTTP API and web page over one store (FastAPI; the `serve` extra)."""

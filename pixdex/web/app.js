@@ -1,0 +1,166 @@
+// pixdex web page: talks to the JSON API of the same server. No build step.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { hits: [], selected: null, info: null };
+
+function setStatus(text, isError = false) {
+  const s = $("status");
+  s.textContent = text;
+  s.classList.toggle("error", isError);
+}
+
+async function api(url, options) {
+  const resp = await fetch(url, options);
+  let body = null;
+  try { body = await resp.json(); } catch (e) { /* non-JSON */ }
+  if (!resp.ok) throw new Error((body && (body.detail || body.error)) || `${resp.status} ${resp.statusText}`);
+  return body;
+}
+
+function currentK() { return parseInt($("k").value, 10) || 24; }
+
+function whereClause() {
+  const parts = [];
+  const typed = $("where").value.trim();
+  if (typed) parts.push(`(${typed})`);
+  document.querySelectorAll("#tag-filters select").forEach((sel) => {
+    if (sel.value) parts.push(`${sel.dataset.column} = '${sel.value.replace(/'/g, "''")}'`);
+  });
+  return parts.join(" AND ");
+}
+
+function render(hits, label) {
+  state.hits = hits;
+  const list = $("results");
+  list.innerHTML = "";
+  hits.forEach((h, i) => {
+    const li = document.createElement("li");
+    li.dataset.id = h.id;
+    const b = document.createElement("button");
+    b.className = "hit";
+    b.type = "button";
+    b.setAttribute("aria-label", `Result ${i + 1}: ${h.path.split("/").pop()}, score ${h.score.toFixed(3)}`);
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.alt = h.path.split("/").pop();
+    img.src = `/api/items/${h.id}/thumbnail`;
+    const cap = document.createElement("span");
+    cap.className = "cap";
+    cap.innerHTML = `<span>#${h.rank}</span><span class="score">${h.score.toFixed(3)}</span>`;
+    b.append(img, cap);
+    b.addEventListener("click", () => showDetails(h.id));
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    li.append(b, tag);
+    list.append(li);
+  });
+  setStatus(hits.length ? `${hits.length} results for ${label}` : `no results for ${label}`);
+}
+
+async function runSearch(body, label) {
+  setStatus("searching…");
+  try {
+    const where = whereClause();
+    const payload = { k: currentK(), ...body };
+    if (where) payload.where = where;
+    const out = await api("/api/search", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload),
+    });
+    render(out.results, label);
+  } catch (e) { setStatus(e.message, true); }
+}
+
+async function searchImage(file) {
+  setStatus("searching by image…");
+  const form = new FormData();
+  form.append("image", file);
+  form.append("k", String(currentK()));
+  const where = whereClause();
+  if (where) form.append("where", where);
+  try {
+    const out = await api("/api/search", { method: "POST", body: form });
+    render(out.results, `image ${file.name}`);
+  } catch (e) { setStatus(e.message, true); }
+}
+
+async function showDetails(id) {
+  state.selected = id;
+  document.querySelectorAll("#results li").forEach((li) => li.classList.toggle("selected", li.dataset.id == id));
+  try {
+    const item = await api(`/api/items/${id}`);
+    $("details").hidden = false;
+    $("details-img").src = `/api/items/${id}/image`;
+    $("details-img").alt = item.path.split("/").pop();
+    const dl = $("details-meta");
+    dl.innerHTML = "";
+    for (const [k, v] of Object.entries(item)) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : String(v);
+      dl.append(dt, dd);
+    }
+    $("more-like").focus();
+  } catch (e) { setStatus(e.message, true); }
+}
+
+async function tagShown(event) {
+  event.preventDefault();
+  const labels = $("labels").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (!labels.length) { setStatus("type at least one label", true); return; }
+  if (!state.hits.length) { setStatus("search first: tags apply to the shown images", true); return; }
+  setStatus("tagging…");
+  try {
+    const out = await api("/api/classify", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ labels, template: $("template").value, ids: state.hits.map((h) => h.id) }),
+    });
+    out.results.forEach((r) => {
+      const li = document.querySelector(`#results li[data-id="${r.id}"] .tag`);
+      if (li) li.textContent = `${r.labels[0].label} ${(r.labels[0].score * 100).toFixed(0)}%`;
+    });
+    setStatus(`tagged ${out.results.length} images`);
+  } catch (e) { setStatus(e.message, true); }
+}
+
+async function loadInfo() {
+  try {
+    const info = await api("/api/info");
+    state.info = info;
+    $("store-info").textContent = `${info.count} images · ${info.model} · ${info.index.type || "no"} index`;
+    const holder = $("tag-filters");
+    holder.innerHTML = "";
+    for (const [column, values] of Object.entries(info.filters || {})) {
+      const label = document.createElement("label");
+      label.textContent = column;
+      const sel = document.createElement("select");
+      sel.dataset.column = column;
+      sel.id = `filter-${column}`;
+      label.htmlFor = sel.id;
+      sel.innerHTML = `<option value="">any</option>` + values.map((v) => `<option>${v}</option>`).join("");
+      holder.append(label, sel);
+    }
+  } catch (e) { setStatus(e.message, true); }
+}
+
+$("search-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = $("q").value.trim();
+  if (!q) { setStatus("type a query", true); return; }
+  runSearch({ query: q }, `"${q}"`);
+});
+$("more-like").addEventListener("click", () => {
+  if (state.selected !== null) runSearch({ query: `id:${state.selected}` }, `more like #${state.selected}`);
+});
+$("image-input").addEventListener("change", (e) => { if (e.target.files[0]) searchImage(e.target.files[0]); });
+$("image-label").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("image-input").click(); }
+});
+$("tag-form").addEventListener("submit", tagShown);
+document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
+document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) document.body.classList.remove("dragging"); });
+document.addEventListener("drop", (e) => {
+  e.preventDefault();
+  document.body.classList.remove("dragging");
+  const f = e.dataTransfer.files[0];
+  if (f) searchImage(f);
+});
+loadInfo();

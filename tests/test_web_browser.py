@@ -1,0 +1,82 @@
+"""The web page in a real browser: headless Debian chromium driven by Playwright, on a shapes-clip store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+playwright = pytest.importorskip("playwright.sync_api")
+
+from serving import running  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
+
+
+def truth_by_path(store_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """Absolute image path -> [(color, shape), ...] from the collection's labels.csv."""
+    from pixdex.demo.world import read_labels, row_objects
+
+    images = store_dir.parent / "images"
+    out = {}
+    for row in read_labels(images / "labels.csv"):
+        out[str((images / row["file"]).resolve())] = [(o["color"], o["shape"]) for o in row_objects(row)]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_search_click_similar_and_tag_in_browser(shapes_store):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does this)")
+    from pixdex.server.app import create_app
+
+    truth = truth_by_path(shapes_store)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running(create_app(shapes_store)) as base, playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/")
+        page.wait_for_selector("#store-info:has-text('images')")
+
+        # Keyboard only: the query box has focus; type and press Enter.
+        page.keyboard.type("a red circle")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#results li")
+        ids = [int(x) for x in page.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")]
+        assert len(ids) == 24
+        n = min(6, sum(("red", "circle") in objs for objs in truth.values()))
+        assert n >= 3, "the fixture collection should hold several red circles"
+        paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in ids[:n]]
+        red_circles = [("red", "circle") in truth[str(Path(p).resolve())] for p in paths]
+        assert sum(red_circles) >= n - 1, list(zip(paths, red_circles))
+        page.wait_for_function("[...document.querySelectorAll('#results img')].slice(0, 8)"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(ARTIFACTS / "web-search-red-circle.png"), full_page=True)
+
+        # Click the first result: details, then "more like this".
+        page.click("#results li:first-child button.hit")
+        page.wait_for_selector("#details:not([hidden]) #details-meta dt")
+        assert page.inner_text("#details-meta").count("sha256") == 1
+        first = ids[0]
+        page.click("#more-like")
+        page.wait_for_function(f"document.querySelector('#status').textContent.includes('more like #{first}')")
+        similar = [int(x) for x in page.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")]
+        assert first not in similar
+        sim_paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar[: n - 1]]
+        assert sum(("red", "circle") in truth[str(Path(p).resolve())] for p in sim_paths) >= n - 2
+
+        # Tagging panel: predicted shape label per shown image.
+        page.fill("#labels", ", ".join(SHAPES))
+        page.click("#tag-btn")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('tagged')")
+        tags = page.eval_on_selector_all("#results li .tag", "els => els.map(e => e.textContent)")
+        assert all(t.split()[0] in SHAPES for t in tags)
+        assert sum(t.startswith("circle") for t in tags[:n]) >= n - 1
+        page.screenshot(path=str(ARTIFACTS / "web-tagged.png"), full_page=True)
+        browser.close()
