@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +58,28 @@ def weights_fingerprint(model: torch.nn.Module, config: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+@contextmanager
+def quiet_transformers():
+    """Hide transformers' weight-loading bars and advisory warnings while a model loads (errors still raise)."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
+
+
 def features(out) -> torch.Tensor:
     """get_*_features returns a tensor in transformers 4 and a pooled output in 5."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -67,19 +91,23 @@ class Encoder:
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", dtype: torch.dtype | None = None):
         from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
 
-        self.name = model
         self.path = resolve_model(model)
+        # a folder is recorded by its absolute path so a store's model can be found from any directory
+        self.name = self.path if os.path.isdir(os.path.expanduser(str(model))) else str(model)
         self.device = pick_device(device)
         if dtype is None:
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
         try:
-            self.model = AutoModelForZeroShotImageClassification.from_pretrained(self.path, dtype=dtype)
-            self.processor = AutoProcessor.from_pretrained(self.path)
+            with quiet_transformers():
+                self.model = AutoModelForZeroShotImageClassification.from_pretrained(self.path, dtype=dtype)
+                self.processor = AutoProcessor.from_pretrained(self.path)
         except OSError as exc:
             raise explain_load_failure(model, exc) from None
         except ValueError as exc:
-            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: {exc}") from None
+            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: {_first_line(exc)}") from None
+        except ImportError as exc:
+            raise PixdexError(f"model '{model}' needs a package that is not installed: {_first_line(exc)}") from None
         self.model.to(self.device).eval()
         self.config = self.model.config
         self.model_type = self.config.model_type
@@ -98,8 +126,16 @@ class Encoder:
 
     @property
     def image_size(self) -> int:
-        """The model's square input edge (used for JPEG draft decoding)."""
-        return int(getattr(self.config.vision_config, "image_size", 224))
+        """The largest edge the processor resizes images to (JPEG draft decoding stays 2x above it)."""
+        ip = self.image_processor
+        size = dict(getattr(ip, "size", None) or {})
+        edges = [int(v) for k, v in size.items() if k in ("shortest_edge", "height", "width") and v]
+        patch, max_patches = getattr(ip, "patch_size", None), getattr(ip, "max_num_patches", None)
+        if isinstance(patch, int) and isinstance(max_patches, int):  # NaFlex (SigLIP2): a square's edge
+            edges.append(patch * math.isqrt(max_patches))
+        if not edges:
+            edges.append(int(getattr(self.config.vision_config, "image_size", 224)))
+        return max(edges)
 
     # ---- text -------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ EXACT_LIMIT = 100_000  # below this, exact search costs a few ms: no reason to a
 HNSW_LIMIT = 2_000_000  # above this, HNSW's build time and link memory stop paying off
 HNSW_M = 32
 TARGET_RECALL = 0.95
+MIN_PQ_TRAIN = 16 * 39  # 4-bit PQ codebooks (16 centroids) need ~39 points each
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,19 @@ def bytes_per_vector(kind: str, dim: int, pq_m: int = 0) -> int:
 def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "auto") -> IndexSpec:
     """Pick an index the way autofaiss reasons, within a memory budget (bytes; None = no limit).
 
-    - fewer than 100k vectors: Flat. Exact search over 100k x 512 takes a few ms; nothing to gain.
-    - up to 2M vectors and full vectors fit: HNSW32 (best recall/latency; no training; adds are cheap).
+    - fewer than 100k vectors and they fit: Flat. Exact search over 100k x 512 takes a few ms.
+    - up to 2M vectors and full vectors + HNSW links fit: HNSW32 (best recall/latency, no training,
+      cheap adds; removals force a rebuild).
     - more, and full vectors fit: IVF-Flat with nlist ~ 4*sqrt(n) (fast build, memory-mappable).
     - full vectors do not fit the budget: IVF-PQ with the largest code (bytes/vector) that fits,
       nlist ~ 4*sqrt(n); recall is measured after the build and recorded.
-    A type other than auto is honoured as asked (flat/hnsw/ivf/ivfpq) with sizes chosen the same way.
+    nlist is capped at n/39 so every list gets ~39 training points. A type other than auto is
+    honoured as asked (flat/hnsw/ivf/ivfpq) with sizes chosen the same way; ivfpq needs at least
+    MIN_PQ_TRAIN vectors to train its codebooks and falls back to IVF-Flat below that.
     """
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
     nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
-    # IVF needs ~39 training points per list; small collections get fewer lists
     nlist = max(1, min(nlist, n // 39 or 1))
     budget = max_memory or float("inf")
     if kind == "auto":
@@ -59,18 +65,21 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "a
         if n <= HNSW_LIMIT and n * bytes_per_vector("hnsw", dim) <= budget:
             return IndexSpec("hnsw", f"HNSW{HNSW_M}", reason=f"{n} vectors fit in memory: HNSW{HNSW_M}")
         if n * bytes_per_vector("ivf", dim) <= budget:
-            return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=f"{n} vectors > {HNSW_LIMIT}: IVF-Flat")
+            why = f"{n} vectors > {HNSW_LIMIT}" if n > HNSW_LIMIT else "HNSW links exceed the memory budget"
+            return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=f"{why}: IVF-Flat")
         kind = "ivfpq"
     if kind == "flat":
         return IndexSpec("flat", "Flat", reason="asked for flat")
     if kind == "hnsw":
         return IndexSpec("hnsw", f"HNSW{HNSW_M}", reason="asked for hnsw")
-    if kind == "ivf":
-        return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason="asked for ivf")
-    if kind == "ivfpq":
+    if kind == "ivfpq" and n >= MIN_PQ_TRAIN:
         m = pq_code_size(dim, n, budget)
-        return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}", nlist, m, reason=f"PQ{m}: {m + 8} bytes/vector fits the budget")
-    raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+        nbits = pq_bits(n)
+        code = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"
+        return IndexSpec("ivfpq", f"IVF{nlist},{code}", nlist, m,
+                         reason=f"{code}: about {m * nbits // 8 + 8} bytes/vector, within the memory budget")
+    why = "asked for ivf" if kind == "ivf" else f"ivfpq needs >= {MIN_PQ_TRAIN} vectors to train; IVF-Flat instead"
+    return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=why)
 
 
 def pq_code_size(dim: int, n: int, budget: float) -> int:
@@ -79,19 +88,30 @@ def pq_code_size(dim: int, n: int, budget: float) -> int:
     for m in options:
         if n * (m + 8) <= budget:
             return m
-    return options[-1] if options else 4
+    return options[-1] if options else 1
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, train_sample: int = 200_000, seed: int = 0):
-    """A trained FAISS index holding `vectors` under `ids`."""
+def pq_bits(n: int) -> int:
+    """Bits per PQ sub-code: 8 (256 centroids) when n allows ~39 training points per centroid, else fewer."""
+    return int(min(8, max(4, math.floor(math.log2(max(n, 1) / 39)))))
+
+
+def new_index(spec: IndexSpec, dim: int):
+    """An empty FAISS index for spec (inner product); Flat/HNSW are wrapped in IDMap2 to carry store ids."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
     inner = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     if spec.type == "hnsw":
         inner.hnsw.efConstruction = 80
-    index = inner if spec.type.startswith("ivf") else faiss.IndexIDMap2(inner)
+    if spec.type == "ivfpq":  # polysemous codes only help Hamming pre-filtering, and their training is slow
+        faiss.downcast_index(faiss.extract_index_ivf(inner)).do_polysemous_training = False
+    return inner if spec.type.startswith("ivf") else faiss.IndexIDMap2(inner)
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, train_sample: int = 200_000, seed: int = 0):
+    """A trained FAISS index holding `vectors` under `ids` (in-memory arrays; see index_build for stores)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = new_index(spec, vectors.shape[1])
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = vectors if len(vectors) <= train_sample else vectors[rng.choice(len(vectors), train_sample, False)]
@@ -135,32 +155,46 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return flat.search(np.ascontiguousarray(queries, np.float32), k)[1]
 
 
+def exact_top_k_ids(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top-k by inner product over (ids, vectors) batches, in bounded memory."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for ids, vecs in batches:
+        dist, pos = faiss.knn(queries, np.ascontiguousarray(vecs, np.float32), min(k, len(vecs)),
+                              metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(dist, np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1))
+    heap.finalize()
+    return heap.I
+
+
+def noisy_queries(vectors: np.ndarray, seed: int = 0, noise: float = 0.02) -> np.ndarray:
+    """Stored vectors with a little noise, renormalised: queries that look like near-duplicate lookups."""
+    rng = np.random.default_rng(seed)
+    q = np.asarray(vectors, np.float32) + rng.normal(0, noise, vectors.shape).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    hits = sum(len(set(f[:k].tolist()) & set(t.tolist()) - {-1}) for f, t in zip(found, truth))
+    """Fraction of the true top-k ids that the approximate search returned."""
+    hits = sum(len(set(f.tolist()) & (set(t.tolist()) - {-1})) for f, t in zip(found, truth))
     return hits / max(1, sum(len(set(t.tolist()) - {-1}) for t in truth))
 
 
 @dataclass
 class TuneResult:
+    """The search parameter chosen for an index and the recall@10 it reached."""
+
     params: dict
     recall_at_10: float
     search_ms: float  # mean per query at the chosen setting, batch of sample queries
 
 
-def tune(index, vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, n_queries: int = 200,
-         target: float = TARGET_RECALL, seed: int = 0) -> TuneResult:
-    """Smallest nprobe/efSearch reaching recall@10 >= target against exact search (or the best found).
-
-    Queries are stored vectors with a little noise, so they look like real near-duplicate lookups.
-    """
-    k = 10
-    n = len(vectors)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(n, min(n_queries, n), replace=False)
-    q = vectors[pick].astype(np.float32) + rng.normal(0, 0.02, (len(pick), vectors.shape[1])).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    truth = ids[exact_top_k(vectors, q, min(k, n))]
+def tune_params(index, queries: np.ndarray, truth: np.ndarray, spec: IndexSpec,
+                target: float = TARGET_RECALL) -> TuneResult:
+    """Smallest nprobe/efSearch whose recall@10 against `truth` reaches target (or the best found)."""
+    k = truth.shape[1]
     if spec.type == "flat":
         return TuneResult({}, 1.0, 0.0)
     if spec.type == "hnsw":
@@ -172,13 +206,26 @@ def tune(index, vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, n_queries
     for v in values:
         apply_search_params(index, {name: v})
         t0 = time.perf_counter()
-        found = index.search(q, min(k, n))[1]
-        ms = (time.perf_counter() - t0) * 1000 / len(q)
+        found = index.search(queries, k)[1]
+        ms = (time.perf_counter() - t0) * 1000 / len(queries)
         r = recall_at_k(found, truth)
-        best = TuneResult({name: v}, r, ms)
+        if best is None or r > best.recall_at_10:
+            best = TuneResult({name: v}, r, ms)
         if r >= target:
+            best = TuneResult({name: v}, r, ms)
             break
+    apply_search_params(index, best.params)
     return best
+
+
+def tune(index, vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, n_queries: int = 200,
+         target: float = TARGET_RECALL, seed: int = 0) -> TuneResult:
+    """tune_params with noisy stored vectors as queries and exact search over `vectors` as truth."""
+    n = len(vectors)
+    pick = np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False)
+    q = noisy_queries(vectors[pick], seed)
+    truth = np.asarray(ids)[exact_top_k(vectors, q, min(10, n))]
+    return tune_params(index, q, truth, spec, target)
 
 
 def index_record(spec: IndexSpec, tuned: TuneResult, ntotal: int) -> dict:

@@ -1,16 +1,26 @@
-"""Keep a store's FAISS index in step with its rows: incremental adds/removes, rebuilds when needed."""
+"""Keep a store's FAISS index in step with its rows: incremental adds/removes, rebuilds when needed.
+
+Vectors are streamed from the store's shards (bounded memory beyond the index itself); recall@10 is
+measured against exact search on a sample of noisy stored vectors and recorded with the tuned
+nprobe/efSearch in the manifest.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from indexer.atomic import write_atomic
-from indexer.faiss_index import build_index, choose_index, index_record, ivf_of, tune
-from indexer.store import StoreWriter
+from indexer.faiss_index import (TARGET_RECALL, IndexSpec, choose_index, exact_top_k_ids, index_record, ivf_of,
+                                 new_index, noisy_queries, tune_params)
+from indexer.store import Store, StoreWriter
 
 REBUILD_GROWTH = 2.0  # an IVF trained on n vectors is rebuilt once it holds more than 2n
+TRAIN_SAMPLE = 200_000  # vectors used to train IVF centroids / PQ codebooks
+TUNE_QUERIES = 200
+BATCH_ROWS = 65_536
 
 
 def needs_rebuild(info: dict, spec_type: str, count: int, removed_any: bool) -> str | None:
@@ -26,41 +36,51 @@ def needs_rebuild(info: dict, spec_type: str, count: int, removed_any: bool) -> 
     return None
 
 
-def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None = None, log=print) -> dict:
-    """Bring the index up to date with the committed rows; returns the manifest's index record."""
+def stored_spec(info: dict) -> IndexSpec:
+    """The IndexSpec an existing index was built with (kept when it is updated in place)."""
+    return IndexSpec(info["type"], info.get("factory", ""), info.get("nlist", 0), info.get("pq_m", 0),
+                     info.get("reason", ""))
+
+
+def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Bring the index up to date with the committed rows; returns the manifest's index record.
+
+    `kind` auto keeps the type the store's index was explicitly built with (e.g. an earlier --index ivf).
+    """
     snap = writer.snapshot()
     info = snap.index_info
-    if snap.index_is_current() and kind in ("auto", info.get("requested", "auto")):
-        return info
-    ids, vectors = snap.embeddings()
-    spec = choose_index(len(ids), snap.dim, max_memory, kind)
+    requested = kind if kind != "auto" else info.get("requested", "auto")
+    n = snap.count
+    spec = choose_index(n, snap.dim, max_memory, requested) if n else IndexSpec("flat", "Flat", reason="empty store")
+    if snap.index_is_current() and spec.type == info.get("type"):
+        if requested != info.get("requested", "auto"):
+            writer.set_index({**info, "requested": requested})
+        return writer.manifest["index"]
     removed_any = len(snap.deleted_ids) > info.get("deleted", 0)
-    why = needs_rebuild(info, spec.type, len(ids), removed_any)
+    why = needs_rebuild(info, spec.type, n, removed_any)
     t0 = time.perf_counter()
+    queries, truth = _recall_sample(snap, spec.type)
+    index, tuned, how, trained_on = None, None, "updated", info.get("trained_on", n)
     if why is None:
-        index = snap.load_index() if not info.get("type", "").startswith("ivf") else _read_rw(snap.index_path())
-        if removed_any:
-            index.remove_ids(np.asarray(snap.deleted_ids, np.int64))
-        new = ids > info.get("max_id", -1)
-        if new.any():
-            index.add_with_ids(vectors[new], ids[new])
-        trained_on = info.get("trained_on", len(ids))
-        how = "updated"
-    else:
-        if len(ids):
-            log(f"pixdex index: building {spec.factory} index over {len(ids)} vectors ({why}; {spec.reason})")
-        index = build_index(vectors, ids, spec)
-        trained_on = len(ids)
-        how = "built"
-    tuned = tune(index, vectors, ids, spec) if len(ids) else None
-    gen = snap.manifest["generation"] + 1
-    rel = f"index-{gen:06d}.faiss"
+        index, spec = _update_in_place(snap, info), stored_spec(info)
+        tuned = tune_params(index, queries, truth, spec) if n else None
+        if tuned and tuned.recall_at_10 < TARGET_RECALL <= info.get("recall_at_10", 0):
+            why = f"recall@10 fell to {tuned.recall_at_10:.3f} after adding vectors: rebuilding"
+            spec = choose_index(n, snap.dim, max_memory, requested)
+    if why is not None:
+        if n:
+            log(f"pixdex index: building {spec.factory} index over {n} vectors ({why}; {spec.reason})")
+        index, how, trained_on = _build(snap, spec), "built", n
+        tuned = tune_params(index, queries, truth, spec) if n else None
+    rel = f"index-{snap.manifest['generation'] + 1:06d}.faiss"
     import faiss
 
     write_atomic(writer.path / rel, lambda p: faiss.write_index(index, str(p)))
-    record = index_record(spec, tuned, int(index.ntotal)) if tuned else {"type": spec.type, "params": {}}
+    record = index_record(spec, tuned, int(index.ntotal)) if tuned else {**_spec_dict(spec), "params": {},
+                                                                         "recall_at_10": None, "ntotal": 0}
     record.update(file=rel, rows=snap.manifest["counts"]["rows"], deleted=len(snap.deleted_ids),
-                  max_id=int(ids.max()) if len(ids) else -1, trained_on=trained_on, requested=kind,
+                  max_id=int(snap.manifest["next_id"]) - 1, trained_on=trained_on, requested=requested,
                   build_seconds=round(time.perf_counter() - t0, 3), how=how)
     if ivf_of(index) is not None:
         record["nlist"] = int(ivf_of(index).nlist)
@@ -68,7 +88,42 @@ def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None
     return record
 
 
-def _read_rw(path):
+def _spec_dict(spec: IndexSpec) -> dict:
+    return {"type": spec.type, "factory": spec.factory, "nlist": spec.nlist, "pq_m": spec.pq_m, "reason": spec.reason}
+
+
+def _recall_sample(snap: Store, index_type: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy stored vectors as queries and their exact top-10 ids (empty for flat: it is exact)."""
+    ids = snap.ids()
+    if index_type == "flat" or not len(ids):
+        return np.zeros((1, snap.dim), np.float32), np.zeros((1, 0), np.int64)
+    pick = np.sort(np.random.default_rng(seed).choice(ids, min(TUNE_QUERIES, len(ids)), replace=False))
+    queries = noisy_queries(snap.vectors(pick), seed)
+    return queries, exact_top_k_ids(snap.iter_embeddings(BATCH_ROWS), queries, min(10, len(ids)))
+
+
+def _build(snap: Store, spec: IndexSpec, seed: int = 0):
+    """A new index over the snapshot's live rows: trained on a sample, filled batch by batch."""
+    index = new_index(spec, snap.dim)
+    if not index.is_trained:
+        ids = snap.ids()
+        pick = np.sort(np.random.default_rng(seed).choice(ids, min(TRAIN_SAMPLE, len(ids)), replace=False))
+        index.train(snap.vectors(pick))
+    for ids, vecs in snap.iter_embeddings(BATCH_ROWS):
+        index.add_with_ids(np.ascontiguousarray(vecs, np.float32), ids)
+    return index
+
+
+def _update_in_place(snap: Store, info: dict):
+    """The existing index with removed ids taken out and rows newer than it added."""
     import faiss
 
-    return faiss.read_index(str(path))
+    index = faiss.read_index(str(snap.index_path()))  # fully in memory: a memory-mapped IVF is read-only
+    if len(snap.deleted_ids) > info.get("deleted", 0):
+        index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(snap.deleted_ids, np.int64)))
+    last = int(info.get("max_id", -1))
+    for ids, vecs in snap.iter_embeddings(BATCH_ROWS, start_id=last + 1):
+        new = ids > last
+        if new.any():
+            index.add_with_ids(np.ascontiguousarray(vecs[new], np.float32), ids[new])
+    return index

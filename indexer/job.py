@@ -1,7 +1,8 @@
 """The embedding job: sources -> safe decode (worker processes) -> encoder -> store -> FAISS index.
 
 Incremental like rclip: unchanged files (size+mtime) are skipped, changed ones re-encoded, renamed or
-copied ones (same content hash) reuse their stored embedding, deleted ones are removed.
+copied ones (same content hash) reuse their stored embedding, deleted ones are removed. Rows are
+committed a shard at a time, so a killed job resumes where its last commit left off.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_file
 from indexer.encoder import Encoder
+from indexer.errors import PixdexError
+from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
 from indexer.models import DEFAULT_MODEL
-from indexer.sources import SourceItem, iter_sources
-from indexer.store import StoreWriter
+from indexer.sources import SourceItem, check_source, item_bytes, iter_sources
+from indexer.store import Store, StoreWriter
 
 CHUNK = 8  # items per worker task
 
@@ -31,14 +36,15 @@ CHUNK = 8  # items per worker task
 class IndexSummary:
     """What a job did, as the closing line and `--json` report it."""
 
-    indexed: int = 0  # newly encoded
-    unchanged: int = 0
-    updated: int = 0  # changed files re-encoded (or re-linked)
+    indexed: int = 0  # new paths, encoded
+    unchanged: int = 0  # same size+mtime, or same content after a touch
+    updated: int = 0  # changed files: the old row replaced by a new one
     reused: int = 0  # new paths whose content was already stored (renames, copies): no encoding
-    removed: int = 0
-    failed: int = 0
+    removed: int = 0  # stored files that are gone
+    failed: int = 0  # files that could not be read or decoded (see the store's error table)
+    encoded: int = 0  # images that went through the model
     seconds: float = 0.0
-    images_per_second: float = 0.0
+    images_per_second: float = 0.0  # images processed (encoded or reused) per second of the encoding phase
     count: int = 0  # items in the store afterwards
     index: dict = field(default_factory=dict)
     store: str = ""
@@ -54,12 +60,66 @@ class IndexSummary:
         return asdict(self)
 
 
+class OldRow(NamedTuple):
+    """What the store holds for a path."""
+
+    id: int
+    size: int
+    mtime: float
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclass
+class Plan:
+    """The scan's verdict: what to decode, what is unchanged, what is gone."""
+
+    work: list[SourceItem]
+    changed: dict[str, OldRow]  # path -> its stored row, for work items that replace one
+    unchanged: int
+    gone: list[int]  # ids of stored rows whose files are gone
+    gone_paths: set[str]  # paths in scope that no longer exist (their error entries are dropped too)
+    gone_hashes: set[str]  # content hashes of gone rows: a new file with one of them is a rename
+
+
+def stored_rows(snap: Store) -> dict[str, OldRow]:
+    """path -> stored row, for every live row."""
+    meta = snap.metadata().select(["id", "path", "bytes", "mtime", "sha256", "width", "height"]).to_pydict()
+    return {p: OldRow(i, s, m, h, w, ht) for i, p, s, m, h, w, ht in zip(
+        meta["id"], meta["path"], meta["bytes"], meta["mtime"], meta["sha256"], meta["width"], meta["height"])}
+
+
+def plan_work(items: list[SourceItem], by_path: dict[str, OldRow], error_paths: list[str],
+              roots: set[str]) -> Plan:
+    """Compare scanned items with the stored rows: new and changed ones are work, missing ones are gone."""
+    work, changed, unchanged, seen = [], {}, 0, set()
+    for item in items:
+        old = by_path.get(item.key)
+        if item.size < 0 and old is not None:
+            continue  # listed but gone: removed below
+        seen.add(item.key)
+        if old is None:
+            work.append(item)
+        elif item.sha256 is not None and item.sha256 == old.sha256 and item.size == old.size:
+            unchanged += 1  # dataset rows: the content hash decides
+        elif item.sha256 is None and old.size == item.size and old.mtime == item.mtime:
+            unchanged += 1
+        else:
+            changed[item.key] = old
+            work.append(item)
+    gone = sorted((row for path, row in by_path.items() if path not in seen and _under(path, roots)),
+                  key=lambda r: r.id)
+    gone_paths = {p for p in list(by_path) + list(error_paths) if p not in seen and _under(p, roots)}
+    return Plan(work, changed, unchanged, [r.id for r in gone], gone_paths, {r.sha256 for r in gone})
+
+
 # ---- worker side ------------------------------------------------------------------------------
 _WORKER: dict = {}
 
 
-def _init_worker(image_processor, max_pixels: int | None, draft: int) -> None:
-    _WORKER.update(processor=image_processor, max_pixels=max_pixels, draft=draft)
+def _init_worker(image_processor, max_pixels: int | None, draft: int, skip_hashes: set[str]) -> None:
+    _WORKER.update(processor=image_processor, max_pixels=max_pixels, draft=draft, skip=skip_hashes)
     try:  # decoding workers must not fight the model for cores
         import torch
 
@@ -69,10 +129,15 @@ def _init_worker(image_processor, max_pixels: int | None, draft: int) -> None:
 
 
 def prepare(item: SourceItem) -> dict:
-    """Read, hash, decode and preprocess one item; {'error': reason} when it cannot be used."""
+    """Read, hash, decode and preprocess one item; {'error': reason} when it cannot be used.
+
+    Content already stored under a path that is gone (a rename) is only hashed, not decoded.
+    """
     try:
         data = item.data if item.data is not None else read_file(item.key)
         digest = hashlib.sha256(data).hexdigest()
+        if digest in _WORKER["skip"]:
+            return {"sha256": digest, "bytes": len(data)}
         decoded = decode_bytes(data, _WORKER["max_pixels"], _WORKER["draft"])
         pixels = dict(_WORKER["processor"](images=[decoded.image], return_tensors="np"))
     except DecodeError as exc:
@@ -87,15 +152,20 @@ def _prepare_chunk(items: list[SourceItem]) -> list[dict]:
     return [prepare(i) for i in items]
 
 
+def _with_bytes(chunk: list[SourceItem]) -> list[SourceItem]:
+    """Dataset rows get their bytes attached just before decoding (so memory stays bounded)."""
+    return [replace(i, data=item_bytes(i)) if i.dataset is not None else i for i in chunk]
+
+
 def prepared_stream(items: list[SourceItem], workers: int, encoder: Encoder, max_pixels: int | None,
-                    inflight_items: int):
-    """Yield (item, prepared) in order, decoding in worker processes with bounded items in flight."""
-    init = (encoder.image_processor, max_pixels, encoder.image_size)
+                    inflight_items: int, skip_hashes: set[str] | None = None) -> Iterator[tuple[SourceItem, dict]]:
+    """Yield (item, prepared) in input order, decoding in worker processes with bounded items in flight."""
+    init = (encoder.image_processor, max_pixels, encoder.image_size, skip_hashes or set())
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     if workers <= 0 or len(items) < 2 * CHUNK:
         _init_worker(*init)
         for chunk in chunks:
-            yield from zip(chunk, _prepare_chunk(chunk))
+            yield from zip(chunk, _prepare_chunk(_with_bytes(chunk)))
         return
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
@@ -103,14 +173,14 @@ def prepared_stream(items: list[SourceItem], workers: int, encoder: Encoder, max
         it = iter(chunks)
         max_chunks = max(2, inflight_items // CHUNK)
         for chunk in it:
-            pending.append((chunk, pool.apply_async(_prepare_chunk, (chunk,))))
+            pending.append((chunk, pool.apply_async(_prepare_chunk, (_with_bytes(chunk),))))
             if len(pending) >= max_chunks:
                 break
         while pending:
             chunk, res = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.apply_async(_prepare_chunk, (nxt,))))
+                pending.append((nxt, pool.apply_async(_prepare_chunk, (_with_bytes(nxt),))))
             yield from zip(chunk, res.get())
 
 
@@ -120,12 +190,75 @@ def stack_pixels(batch: list[dict]) -> dict[str, np.ndarray]:
 
 # ---- the job ----------------------------------------------------------------------------------
 def default_workers(encoder: Encoder) -> int:
+    """Decoding processes: all cores but the one the model runs on (CPU), all cores on a GPU."""
     cores = os.cpu_count() or 1
     return max(1, min(16, cores - 1 if encoder.device.type == "cpu" else cores))
 
 
+class _Batcher:
+    """Collects rows to store; encodes the ones that need the model a batch at a time, in order."""
+
+    def __init__(self, encoder: Encoder, writer: StoreWriter, batch_size: int, bar):
+        self.encoder, self.writer, self.batch_size, self.bar = encoder, writer, batch_size, bar
+        self.queue: list[tuple[dict, dict | None, np.ndarray | None]] = []  # (row, pixels, reused vector)
+        self.to_encode = 0
+        self.encoded = 0
+
+    def add(self, row: dict, pixels: dict | None = None, vector: np.ndarray | None = None) -> None:
+        self.queue.append((row, pixels, vector))
+        self.to_encode += pixels is not None
+        if self.to_encode >= self.batch_size or len(self.queue) >= 4 * self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.queue:
+            return
+        pixels = [p for _, p, _ in self.queue if p is not None]
+        emb = iter(self.encoder.embed_pixels(stack_pixels(pixels)) if pixels else [])
+        vectors = [next(emb) if p is not None else v for _, p, v in self.queue]
+        self.writer.append([r for r, _, _ in self.queue], np.stack(vectors))
+        self.encoded += len(pixels)
+        self.bar.update(len(self.queue))
+        self.queue, self.to_encode = [], 0
+
+
+def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash: dict[str, OldRow], snap: Store,
+             summary: IndexSummary, bar, log: Callable[[str], None]) -> None:
+    """Turn prepared items into store rows: errors, touched files, reused embeddings, images to encode."""
+    for item, prep in stream:
+        old = plan.changed.get(item.key)
+        if "error" in prep:
+            summary.failed += 1
+            writer.record_error(item.key, prep["error"], item.size, item.mtime)
+            if old is not None:  # the file changed into something undecodable: drop the stale row
+                writer.delete([old.id])
+            log(f"pixdex index: skipped {item.key}: {prep['error']}")
+            bar.update(1)
+            continue
+        sha = prep["sha256"]
+        if old is not None and old.sha256 == sha:  # touched, same content: keep the row, note the mtime
+            writer.set_mtime(old.id, item.mtime)
+            writer.forget_errors([item.key])
+            summary.unchanged += 1
+            bar.update(1)
+            continue
+        reuse = by_hash.get(sha)
+        width, height = (prep["width"], prep["height"]) if "width" in prep else (reuse.width, reuse.height)
+        row = {"path": item.key, "bytes": prep["bytes"], "mtime": item.mtime, "width": width,
+               "height": height, "sha256": sha, **item.extra}
+        if old is not None:
+            writer.delete([old.id])
+            summary.updated += 1
+        if reuse is not None:
+            batcher.add(row, vector=snap.vectors([reuse.id])[0])
+            summary.reused += old is None
+        else:
+            batcher.add(row, pixels=prep["pixels"])
+            summary.indexed += old is None
+
+
 def index_collection(
-    sources: list[str],
+    sources: list[str] | str,
     store: str | os.PathLike,
     model: str | Encoder = DEFAULT_MODEL,
     device: str = "auto",
@@ -137,99 +270,57 @@ def index_collection(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     shard_rows: int = 4096,
     progress: bool = True,
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> IndexSummary:
-    """Index `sources` into `store` (created if missing) and bring its FAISS index up to date."""
+    """Index `sources` into `store` (created if missing) and bring its FAISS index up to date.
+
+    Files that cannot be decoded go to the store's error table; the job carries on. Returns the summary.
+    """
     log = log or (lambda m: tqdm.write(m, file=sys.stderr))
+    specs = [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
+    if not specs:
+        raise PixdexError("no sources given")
+    if index not in INDEX_TYPES:
+        raise PixdexError(f"unknown index type {index!r}; choose one of {', '.join(INDEX_TYPES)}")
+    if batch_size < 1:
+        raise PixdexError(f"batch size must be at least 1 (got {batch_size})")
+    for spec in specs:
+        check_source(spec)
     t0 = time.perf_counter()
     encoder = model if isinstance(model, Encoder) else Encoder(model, device=device)
     summary = IndexSummary(store=str(store))
     with StoreWriter(store, encoder.info, shard_rows=shard_rows) as writer:
         snap = writer.snapshot()
-        meta = snap.metadata()
-        by_path = {p: (i, s, m, h) for i, p, s, m, h in zip(
-            meta["id"].to_pylist(), meta["path"].to_pylist(), meta["bytes"].to_pylist(),
-            meta["mtime"].to_pylist(), meta["sha256"].to_pylist())}
-        by_hash = {h: i for i, _, _, h in by_path.values()}
-
-        items = list(iter_sources([str(s) for s in sources], include_hidden, warn=log))
-        roots = {i.root for i in items} | {os.path.abspath(s) for s in sources if os.path.exists(s)}
-        seen, work, old_ids = set(), [], {}
-        for item in items:
-            seen.add(item.key)
-            old = by_path.get(item.key)
-            if old is not None and item.size < 0:
-                seen.discard(item.key)  # listed but gone: removed below
-                continue
-            if old is None:
-                work.append(item)
-            elif old[1] == item.size and old[2] == item.mtime:
-                summary.unchanged += 1
-            else:
-                old_ids[item.key] = old
-                work.append(item)
-
-        gone = [v[0] for p, v in by_path.items() if p not in seen and _under(p, roots)]
+        by_path = stored_rows(snap)
+        by_hash = {row.sha256: row for row in by_path.values()}
+        items = list(iter_sources(specs, include_hidden, warn=log))
+        roots = {i.root for i in items} | {os.path.abspath(s) for s in specs if os.path.exists(s)}
+        plan = plan_work(items, by_path, writer.error_paths(), roots)
+        summary.unchanged = plan.unchanged
         workers = default_workers(encoder) if workers is None else workers
-        bar = tqdm(total=len(work), unit="img", desc="indexing", disable=not progress, file=sys.stderr,
+        bar = tqdm(total=len(plan.work), unit="img", desc="indexing", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
-        queue: list[tuple[dict, dict | None, np.ndarray | None]] = []  # (row, pixels, reused vector)
+        batcher = _Batcher(encoder, writer, batch_size, bar)
         t_enc = time.perf_counter()
-
-        def flush() -> None:
-            to_encode = [p for _, p, _ in queue if p is not None]
-            emb = encoder.embed_pixels(stack_pixels(to_encode)) if to_encode else None
-            vectors, k = [], 0
-            for _, p, vec in queue:
-                if p is not None:
-                    vectors.append(emb[k])
-                    k += 1
-                else:
-                    vectors.append(vec)
-            writer.append([r for r, _, _ in queue], np.stack(vectors))
-            bar.update(len(queue))
-            queue.clear()
-
-        for item, prep in prepared_stream(work, workers, encoder, max_pixels, inflight_items=4 * batch_size):
-            old = old_ids.get(item.key)
-            if "error" in prep:
-                summary.failed += 1
-                writer.record_error(item.key, prep["error"], item.size, item.mtime)
-                log(f"pixdex index: skipped {item.key}: {prep['error']}")
-                bar.update(1)
-                continue
-            row = {"path": item.key, "bytes": prep["bytes"], "mtime": item.mtime, "width": prep["width"],
-                   "height": prep["height"], "sha256": prep["sha256"], **item.extra}
-            if old is not None and old[3] == prep["sha256"]:
-                summary.unchanged += 1  # touched, same content: keep the stored row
-                writer.forget_errors([item.key])
-                bar.update(1)
-                continue
-            if old is not None:
-                writer.delete([old[0]])
-                summary.updated += 1
-            reuse = by_hash.get(prep["sha256"])
-            if reuse is not None:
-                queue.append((row, None, snap.vectors([reuse])[0]))
-                summary.reused += old is None
-            else:
-                queue.append((row, prep["pixels"], None))
-                summary.indexed += old is None
-            if sum(p is not None for _, p, _ in queue) >= batch_size or len(queue) >= 4 * batch_size:
-                flush()
-        if queue:
-            flush()
+        stream = prepared_stream(plan.work, workers, encoder, max_pixels, 4 * batch_size, plan.gone_hashes)
+        try:
+            _consume(stream, plan, writer, batcher, by_hash, snap, summary, bar, log)
+        finally:
+            stream.close()  # stops decoding workers at once if the job is interrupted
+        batcher.flush()
         bar.close()
-        encoded = summary.indexed + summary.updated + summary.reused
         enc_seconds = time.perf_counter() - t_enc
-        writer.delete(gone)
-        summary.removed = len(gone)
+        writer.delete(plan.gone)
+        writer.forget_errors(plan.gone_paths)
+        summary.removed = len(plan.gone)
         writer.commit()
         summary.index = update_index(writer, index, max_index_memory, log=log)
         writer.commit()
         summary.count = writer.snapshot().count
+        summary.encoded = batcher.encoded
+    done = summary.indexed + summary.updated + summary.reused
     summary.seconds = round(time.perf_counter() - t0, 3)
-    summary.images_per_second = round(encoded / enc_seconds, 2) if encoded and enc_seconds > 0 else 0.0
+    summary.images_per_second = round(done / enc_seconds, 2) if done and enc_seconds > 0 else 0.0
     return summary
 
 

@@ -1,7 +1,17 @@
-"""Where images come from: folders, path lists and Hugging Face `datasets`, as one item stream."""
+"""Where images come from: folders, path lists and Hugging Face `datasets`, as one item stream.
+
+Source specs:
+    DIR                 a folder, walked recursively (images found by content, not only by extension)
+    FILE.txt            a text file of paths, one per line ('#' comments; relative to the file's folder)
+    IMAGE               a single image file
+    DIR (save_to_disk)  a dataset saved with `datasets`' save_to_disk (first split of a DatasetDict)
+    FILE.parquet        parquet file(s) with an Image column (also `parquet:GLOB`)
+    imagefolder:DIR     a `datasets` imagefolder (metadata.csv/jsonl columns become metadata)
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -12,18 +22,24 @@ from indexer.decode import looks_like_image
 from indexer.errors import PixdexError
 
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+# Dataset columns that would clash with the store's own columns are stored under this prefix.
+RESERVED_COLUMNS = {"id", "path", "bytes", "mtime", "width", "height", "sha256", "source_file"}
+COLUMN_PREFIX = "dataset_"
 
 
 @dataclass
 class SourceItem:
-    """One image to index: a file on disk or a row of a dataset (then `data` holds its bytes)."""
+    """One image to index: a file on disk or a row of a dataset (its bytes are read when needed)."""
 
     key: str  # the store's `path`: absolute file path, or "DATASET#split/row"
-    size: int
+    size: int  # bytes; -1 when the file could not be stat'ed (the decoder reports why)
     mtime: float
     root: str  # the source it came from (removals are scoped to the sources scanned)
     extra: dict = field(default_factory=dict)  # source columns (datasets)
-    data: bytes | None = None
+    data: bytes | None = None  # the bytes, for inputs that are not files
+    sha256: str | None = None  # content hash when known at scan time (dataset rows)
+    dataset: str | None = None  # dataset rows: the source spec and row to read the bytes from
+    row: int = -1
 
 
 Warn = Callable[[str], None]
@@ -34,23 +50,28 @@ def _stderr(msg: str) -> None:
 
 
 def walk_folder(root: Path, include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[Path]:
-    """Image files under root, sorted, following symlinks once and skipping directory loops."""
-    seen: set[tuple[int, int]] = set()
+    """Image files under root, sorted by name; symlinks are followed, each directory and file once.
+
+    A symlink back to an ancestor (a loop) or to something already visited is skipped with a warning.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
 
     def visit(directory: Path) -> Iterator[Path]:
         try:
             st = directory.stat()
         except OSError as exc:
-            warn(f"skipping {directory}: {exc.strerror or exc}")
+            warn(f"pixdex index: skipping {directory}: {exc.strerror or exc}")
             return
-        if (st.st_dev, st.st_ino) in seen:
-            warn(f"skipping {directory}: directory loop or already visited (-> {os.path.realpath(directory)})")
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            warn(f"pixdex index: skipping {directory}: directory loop or already visited "
+                 f"(-> {os.path.realpath(directory)})")
             return
-        seen.add((st.st_dev, st.st_ino))
+        seen_dirs.add((st.st_dev, st.st_ino))
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            warn(f"skipping {directory}: {exc.strerror or exc}")
+            warn(f"pixdex index: skipping {directory}: {exc.strerror or exc}")
             return
         for entry in entries:
             if entry.name.startswith(".") and not include_hidden:
@@ -58,22 +79,31 @@ def walk_folder(root: Path, include_hidden: bool = False, warn: Warn = _stderr) 
             path = Path(entry.path)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
+                is_file = not is_dir and entry.is_file(follow_symlinks=True)
             except OSError:
-                is_dir = False
+                continue
             if is_dir:
                 yield from visit(path)
-            elif entry.is_file(follow_symlinks=True) and looks_like_image(path):
-                yield path
+            elif is_file and looks_like_image(path):
+                try:
+                    fst = path.stat()
+                except OSError:
+                    yield path  # the decoder reports why it cannot be read
+                    continue
+                if (fst.st_dev, fst.st_ino) not in seen_files:
+                    seen_files.add((fst.st_dev, fst.st_ino))
+                    yield path
 
     yield from visit(root)
 
 
-def file_item(path: Path, root: str) -> SourceItem | None:
+def file_item(path: Path, root: str) -> SourceItem:
+    """A SourceItem for a file on disk (size -1 when it cannot be stat'ed)."""
     p = Path(os.path.abspath(path))
     try:
         st = p.stat()
     except OSError:
-        return SourceItem(str(p), -1, -1.0, root)  # the decoder reports the reason
+        return SourceItem(str(p), -1, -1.0, root)
     return SourceItem(str(p), st.st_size, st.st_mtime, root)
 
 
@@ -81,10 +111,18 @@ def is_dataset_dir(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in DATASET_MARKERS)
 
 
+def is_dataset_spec(spec: str) -> bool:
+    return spec.startswith(("imagefolder:", "parquet:")) or spec.endswith(".parquet") or is_dataset_dir(Path(spec))
+
+
 def read_path_list(list_file: Path) -> list[Path]:
     """Paths from a text file, one per line (relative to the file's folder; '#' starts a comment)."""
+    try:
+        text = list_file.read_text(errors="replace")
+    except OSError as exc:
+        raise PixdexError(f"cannot read path list {list_file}: {exc.strerror or exc}") from None
     out = []
-    for line in list_file.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line).expanduser()
@@ -92,33 +130,41 @@ def read_path_list(list_file: Path) -> list[Path]:
     return out
 
 
-def iter_source(spec: str, include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
-    """Items of one source: a folder, a path-list file, an image file, or a `datasets` dataset.
+def check_source(spec: str) -> None:
+    """Raise PixdexError now (before any model loads) when a source cannot exist."""
+    if spec.startswith(("imagefolder:", "parquet:")):
+        target = spec.split(":", 1)[1]
+        if spec.startswith("imagefolder:") and not Path(target).expanduser().is_dir():
+            raise PixdexError(f"source {spec}: folder {target} does not exist")
+        return
+    if not Path(spec).expanduser().exists():
+        raise PixdexError(f"source {spec} does not exist")
 
-    Datasets: a folder saved with save_to_disk, a .parquet file (or `parquet:GLOB`),
-    or `imagefolder:DIR`.
-    """
-    if spec.startswith(("imagefolder:", "parquet:")) or spec.endswith(".parquet"):
+
+def iter_source(spec: str, include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
+    """Items of one source: a folder, a path-list file, an image file, or a `datasets` dataset."""
+    check_source(spec)
+    if is_dataset_spec(spec):
         yield from iter_dataset(spec, warn)
         return
     path = Path(spec).expanduser()
-    root = str(Path(os.path.abspath(path)))
-    if not path.exists():
-        raise PixdexError(f"source {spec} does not exist")
-    if is_dataset_dir(path):
-        yield from iter_dataset(spec, warn)
-    elif path.is_dir():
+    root = os.path.abspath(path)
+    if path.is_dir():
         for p in walk_folder(path, include_hidden, warn):
             yield file_item(p, root)
     elif looks_like_image(path):
         yield file_item(path, root)
-    else:
+    else:  # a list of paths; a listed folder is walked, a listed file is taken as it is
         for p in read_path_list(path):
-            yield file_item(p, str(p.absolute()))
+            if p.is_dir():
+                for q in walk_folder(p, include_hidden, warn):
+                    yield file_item(q, os.path.abspath(p))
+            else:
+                yield file_item(p, os.path.abspath(p))
 
 
 def iter_sources(specs: list[str], include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
-    """Items of several sources; a path reached twice is yielded once."""
+    """Items of several sources in the order given; a path reached twice is yielded once."""
     seen: set[str] = set()
     for spec in specs:
         for item in iter_source(spec, include_hidden, warn):
@@ -127,47 +173,94 @@ def iter_sources(specs: list[str], include_hidden: bool = False, warn: Warn = _s
                 yield item
 
 
+# ---- datasets ---------------------------------------------------------------------------------
+_OPEN_DATASETS: dict[str, tuple] = {}  # canonical spec -> (Dataset, image column), for reading rows later
+
+
+def canonical_spec(spec: str) -> str:
+    """The dataset spec with an absolute path, so stored keys do not depend on the working directory."""
+    for prefix in ("imagefolder:", "parquet:"):
+        if spec.startswith(prefix):
+            target = spec[len(prefix):]
+            return prefix + (target if any(c in target for c in "*?[") else os.path.abspath(os.path.expanduser(target)))
+    return os.path.abspath(os.path.expanduser(spec))
+
+
 def load_dataset_source(spec: str):
-    """A `datasets.Dataset` (first split if several) for a dataset source spec."""
+    """A `datasets.Dataset` (first split if several) and that split's name, for a dataset source spec."""
     import datasets  # imported here: only dataset sources need it
 
-    if spec.startswith("imagefolder:"):
-        ds = datasets.load_dataset("imagefolder", data_dir=spec.split(":", 1)[1])
-    elif spec.startswith("parquet:") or spec.endswith(".parquet"):
-        files = spec.split(":", 1)[1] if spec.startswith("parquet:") else spec
-        ds = datasets.load_dataset("parquet", data_files=files)
-    else:
-        ds = datasets.load_from_disk(spec)
+    try:
+        if spec.startswith("imagefolder:"):
+            ds = datasets.load_dataset("imagefolder", data_dir=spec.split(":", 1)[1])
+        elif spec.startswith("parquet:") or spec.endswith(".parquet"):
+            files = spec.split(":", 1)[1] if spec.startswith("parquet:") else spec
+            ds = datasets.load_dataset("parquet", data_files=files)
+        else:
+            ds = datasets.load_from_disk(spec)
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PixdexError(f"cannot open dataset {spec}: {first}") from None
     if isinstance(ds, datasets.DatasetDict):
         split = sorted(ds.keys())[0]
         return ds[split], split
-    return ds, "train"
+    return ds, str(ds.split) if ds.split else "train"
 
 
 def iter_dataset(spec: str, warn: Warn = _stderr) -> Iterator[SourceItem]:
-    """Rows of a dataset with an Image column; other columns become metadata."""
+    """Rows of a dataset with an Image column; other scalar columns become metadata columns.
+
+    Rows are keyed SPEC#split/row. Their bytes are hashed while scanning (rows have no mtime, so the
+    hash tells changed rows) and read again, a batch at a time, when they are decoded.
+    """
     import datasets
 
-    ds, split = load_dataset_source(spec)
+    key_base = canonical_spec(spec)
+    ds, split = load_dataset_source(key_base)
     image_cols = [n for n, f in ds.features.items() if isinstance(f, datasets.Image)]
     if not image_cols:
         raise PixdexError(f"dataset {spec} has no Image column (columns: {', '.join(ds.column_names)})")
     col = image_cols[0]
     ds = ds.cast_column(col, datasets.Image(decode=False))
-    key_base = spec if ":" in spec.split("/")[0] else os.path.abspath(spec)
+    _OPEN_DATASETS[key_base] = (ds, col)
+    labels = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
     others = [c for c in ds.column_names if c != col]
     for row, record in enumerate(ds):
-        img = record[col] or {}
-        data = img.get("bytes")
-        if data is None and img.get("path"):
-            try:
-                data = Path(img["path"]).read_bytes()
-            except OSError:
-                data = b""
-        extra = {c: record[c] for c in others if _scalar(record[c])}
-        name = img.get("path") or f"{row}"
-        yield SourceItem(f"{key_base}#{split}/{row}", len(data or b""), 0.0, key_base,
-                         {**extra, "source_file": os.path.basename(str(name))}, data or b"")
+        data = _image_bytes(record[col])
+        extra = {}
+        for c in others:
+            value = record[c]
+            if c in labels and isinstance(value, int) and value >= 0:
+                value = labels[c].int2str(value)  # store class names, not indices
+            if _scalar(value):
+                extra[COLUMN_PREFIX + c if c in RESERVED_COLUMNS else c] = value
+        name = (record[col] or {}).get("path") or str(row)
+        extra["source_file"] = os.path.basename(str(name))
+        yield SourceItem(f"{key_base}#{split}/{row}", len(data), 0.0, key_base, extra,
+                         sha256=hashlib.sha256(data).hexdigest(), dataset=key_base, row=row)
+
+
+def _image_bytes(value: dict | None) -> bytes:
+    """The encoded bytes of an undecoded `datasets.Image` value (embedded, or read from its path)."""
+    value = value or {}
+    if value.get("bytes") is not None:
+        return value["bytes"]
+    if value.get("path"):
+        try:
+            return Path(value["path"]).read_bytes()
+        except OSError:
+            return b""
+    return b""
+
+
+def item_bytes(item: SourceItem) -> bytes | None:
+    """The bytes of an item that is not a plain file (None: read item.key from disk)."""
+    if item.data is not None:
+        return item.data
+    if item.dataset is not None:
+        ds, col = _OPEN_DATASETS[item.dataset]
+        return _image_bytes(ds[item.row][col])
+    return None
 
 
 def _scalar(value) -> bool:

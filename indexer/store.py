@@ -4,23 +4,28 @@ Layout (every file immutable once named in the manifest; the manifest is written
     manifest.json                  the committed state: model, counts, shard list, current files
     shards/emb-NNNNNN.npy          float16 [rows, dim], L2-normalised, memory-mappable, append-only
     shards/meta-NNNNNN.parquet     id, path, bytes, mtime, width, height, sha256, source columns
+                                   (rewritten as meta-NNNNNN-gGGGGGG.parquet when mtimes are refreshed)
     deleted-GGGGGG.npy             ids of removed rows (sorted int64)
     errors-GGGGGG.parquet          files that could not be indexed: path, reason, bytes, mtime
     tags/NAME-GGGGGG.parquet       tag columns written by classify --save-as (id + columns)
     index-GGGGGG.faiss             the FAISS index over live rows, FAISS ids = store ids
 Ids are assigned in order and never reused, so shard k holds the contiguous id range
-[first_id, first_id + rows).
+[first_id, first_id + rows). Files replaced by a writer session stay on disk until the end of the
+next one (manifest "retained"), so a reader that opened an older snapshot keeps working meanwhile.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexer.atomic import save_json, save_npy, save_parquet
-from indexer.encoder import ModelInfo
 from indexer.errors import ModelMismatchError, PixdexError
+
+if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need it
+    from indexer.encoder import ModelInfo
 
 FORMAT = "pixdex-store"
 FORMAT_VERSION = 1
@@ -38,6 +45,9 @@ ERROR_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()), ("mtime", pa.float64())]
 )
 BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
+# Files a writer owns (and may sweep when no manifest names them); anything else in the folder is left alone.
+OWNED = re.compile(r"^(\.tmp-.*|index-\d+\.faiss|deleted-\d+\.npy|errors-\d+\.parquet|"
+                   r"shards/.*|tags/.*)$")
 
 
 def now_iso() -> str:
@@ -58,6 +68,7 @@ class Store:
         self._first_ids = np.array([s["first_id"] for s in self._shards], dtype=np.int64)
         self._emb_cache: dict[int, np.ndarray] = {}
         self._meta: pa.Table | None = None
+        self._path_of: dict[int, str] | None = None
         self._deleted = self._load_deleted()
 
     # ---- opening ----------------------------------------------------------------------------
@@ -126,9 +137,12 @@ class Store:
         s = self._shards[k]
         return np.arange(s["first_id"], s["first_id"] + s["rows"], dtype=np.int64)
 
-    def iter_embeddings(self, batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, float16 embeddings) of live rows in id order, a bounded batch at a time."""
+    def iter_embeddings(self, batch_rows: int = 65536, start_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float16 embeddings) of live rows in id order, a bounded batch at a time (ids >= start_id)."""
         for k in range(len(self._shards)):
+            s = self._shards[k]
+            if s["first_id"] + s["rows"] <= start_id:
+                continue
             ids_all = self.shard_ids(k)
             emb = self.shard_embeddings(k)
             for start in range(0, len(ids_all), batch_rows):
@@ -208,11 +222,14 @@ class Store:
         return {k: v[0] for k, v in row.to_pydict().items()}
 
     def paths(self, ids) -> list[str]:
-        table = self.metadata()
-        lookup = dict(zip(table["id"].to_pylist(), table["path"].to_pylist()))
-        return [lookup[int(i)] for i in ids]
+        """Stored paths of live ids, in that order."""
+        if self._path_of is None:
+            table = self.metadata()
+            self._path_of = dict(zip(table["id"].to_pylist(), table["path"].to_pylist()))
+        return [self._path_of[int(i)] for i in ids]
 
     def errors(self) -> pa.Table:
+        """Files that could not be indexed: path, reason (one line), bytes, mtime."""
         name = self.manifest.get("errors")
         return pq.read_table(self.path / name) if name else ERROR_SCHEMA.empty_table()
 
@@ -275,14 +292,36 @@ class StoreWriter:
 
     def __init__(self, path: str | os.PathLike, model: ModelInfo | None = None, shard_rows: int = 4096):
         self.path = Path(path).expanduser()
+        if shard_rows < 1:
+            raise PixdexError(f"shard size must be at least 1 row (got {shard_rows})")
+        self.shard_rows = shard_rows
+        if not is_store(self.path):
+            _check_new_store_dir(self.path, model)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "shards").mkdir(exist_ok=True)
-        self._lock = open(self.path / ".lock", "w")
+        self._lock = open(self.path / ".lock", "a")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self._lock.close()
             raise PixdexError(f"store {self.path} is being written by another process") from None
-        self.shard_rows = shard_rows
+        try:
+            self._open_manifest(model)
+        except BaseException:
+            self._lock.close()
+            raise
+        self._opened_files = self._referenced()
+        self._sweep()
+        self._pending_rows: list[dict] = []
+        self._pending_emb: list[np.ndarray] = []
+        self._deleted = set(self.snapshot().deleted_ids.tolist())
+        self._errors: dict[str, dict] = {r["path"]: r for r in self.snapshot().errors().to_pylist()}
+        self._errors_dirty = False
+        self._mtimes: dict[int, float] = {}
+        self._dirty = False
+
+    def _open_manifest(self, model: ModelInfo | None) -> None:
+        """Read the committed manifest, or commit an empty one so a killed first run leaves a valid store."""
         if is_store(self.path):
             self.manifest = Store.open(self.path).manifest
             if model is not None:
@@ -290,53 +329,70 @@ class StoreWriter:
         else:
             if model is None:
                 raise PixdexError(f"store {self.path} does not exist")
-            if any(p for p in self.path.iterdir() if p.name not in (".lock", "shards")):
-                raise PixdexError(f"{self.path} exists and is not a pixdex store; choose an empty directory")
             self.manifest = new_manifest(model)
-        self._sweep()
-        self._pending_rows: list[dict] = []
-        self._pending_emb: list[np.ndarray] = []
-        self._deleted = set(Store(self.path, self.manifest).deleted_ids.tolist())
-        self._errors: dict[str, dict] = {r["path"]: r for r in self.snapshot().errors().to_pylist()}
-        self._dirty = False
+            save_json(self.path / MANIFEST, self.manifest)
 
     def snapshot(self) -> Store:
-        """A reader over what is committed now."""
-        return Store(self.path, self.manifest)
+        """A reader over what is committed now (unaffected by later writes)."""
+        return Store(self.path, copy.deepcopy(self.manifest))
 
     # ---- writes -----------------------------------------------------------------------------
     def append(self, rows: list[dict], embeddings: np.ndarray) -> list[int]:
-        """Queue rows (metadata dicts without id) with their embeddings; returns their new ids."""
+        """Queue rows (metadata dicts without id) with their embeddings; returns their new ids.
+
+        Rows are committed (a new shard) once shard_rows are pending, or at commit()/close().
+        """
         if len(rows) != len(embeddings):
             raise ValueError("rows and embeddings differ in length")
-        start = self.manifest["next_id"] + sum(len(e) for e in self._pending_emb)
+        embeddings = np.asarray(embeddings, np.float16).reshape(len(rows), -1)
+        if len(rows) and embeddings.shape[1] != self.manifest["dim"]:
+            raise PixdexError(f"embeddings have dim {embeddings.shape[1]}, store {self.path} has {self.manifest['dim']}")
+        start = self.manifest["next_id"] + len(self._pending_rows)
         ids = list(range(start, start + len(rows)))
         for i, row in zip(ids, rows):
             row["id"] = i
-            self._errors.pop(row["path"], None)
+            self.forget_errors([row["path"]])
         self._pending_rows.extend(rows)
-        self._pending_emb.append(np.asarray(embeddings, np.float16))
+        self._pending_emb.append(embeddings)
         if len(self._pending_rows) >= self.shard_rows:
             self.commit()
         return ids
 
     def delete(self, ids) -> None:
-        self._deleted.update(int(i) for i in ids)
+        """Mark stored rows as removed (from the next commit on)."""
+        new = {int(i) for i in ids} - self._deleted
+        if new:
+            self._deleted |= new
+            self._dirty = True
+
+    def set_mtime(self, id: int, mtime: float) -> None:
+        """Record a file's new mtime for an unchanged row (touched file, same content), keeping its id."""
+        self._mtimes[int(id)] = float(mtime)
         self._dirty = True
 
     def record_error(self, path: str, reason: str, size: int | None, mtime: float | None) -> None:
+        """Put a file in the error table with a one-line reason (replacing an earlier entry)."""
+        reason = " ".join(str(reason).split()) or "unknown error"
+        size = None if size is None or size < 0 else int(size)
+        mtime = None if mtime is None or mtime < 0 else float(mtime)
         self._errors[path] = {"path": path, "reason": reason, "bytes": size, "mtime": mtime}
-        self._dirty = True
+        self._errors_dirty = self._dirty = True
 
     def forget_errors(self, paths) -> None:
+        """Drop error-table entries (the file was indexed or is gone)."""
         for p in paths:
             if self._errors.pop(p, None) is not None:
-                self._dirty = True
+                self._errors_dirty = self._dirty = True
+
+    def error_paths(self) -> list[str]:
+        return list(self._errors)
 
     def write_tags(self, name: str, table: pa.Table) -> None:
         """Store tag columns (an `id` column plus others) as the named tag set, replacing it."""
         if "id" not in table.column_names:
             raise PixdexError("tag table needs an 'id' column")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+            raise PixdexError(f"tag set name {name!r} may only use letters, digits, '_', '-' and '.'")
         gen = self.manifest["generation"] + 1
         (self.path / "tags").mkdir(exist_ok=True)
         rel = f"tags/{name}-{gen:06d}.parquet"
@@ -367,14 +423,19 @@ class StoreWriter:
             self._dirty = True
         if not self._dirty:
             return
-        if len(self._deleted) != (len(np.load(self.path / m["deleted"])) if m.get("deleted") else 0):
+        if self._mtimes:
+            self._write_mtimes(gen)
+        if len(self._deleted) != m["counts"].get("deleted", 0):
             m["deleted"] = f"deleted-{gen:06d}.npy"
             save_npy(self.path / m["deleted"], np.array(sorted(self._deleted), dtype=np.int64))
-        errors = pa.Table.from_pylist(list(self._errors.values()), schema=ERROR_SCHEMA)
-        old_errors = self.snapshot().errors()
-        if not errors.equals(old_errors):
-            m["errors"] = f"errors-{gen:06d}.parquet"
-            save_parquet(self.path / m["errors"], errors)
+        if self._errors_dirty:
+            if self._errors:
+                m["errors"] = f"errors-{gen:06d}.parquet"
+                rows = sorted(self._errors.values(), key=lambda r: r["path"])
+                save_parquet(self.path / m["errors"], pa.Table.from_pylist(rows, schema=ERROR_SCHEMA))
+            else:
+                m.pop("errors", None)
+            self._errors_dirty = False
         rows = sum(s["rows"] for s in m["shards"])
         m["counts"] = {"rows": rows, "items": rows - len(self._deleted), "deleted": len(self._deleted),
                        "errors": len(self._errors)}
@@ -383,10 +444,32 @@ class StoreWriter:
         save_json(self.path / MANIFEST, m)
         self._dirty = False
 
+    def _write_mtimes(self, gen: int) -> None:
+        """Rewrite the metadata files of shards holding rows with refreshed mtimes (embeddings untouched)."""
+        first = np.array([s["first_id"] for s in self.manifest["shards"]], np.int64)
+        ids = np.array(sorted(self._mtimes), np.int64)
+        for k in np.unique(np.searchsorted(first, ids, side="right") - 1):
+            shard = self.manifest["shards"][int(k)]
+            table = pq.read_table(self.path / shard["metadata"])
+            mtimes = [self._mtimes.get(i, t) for i, t in zip(table["id"].to_pylist(), table["mtime"].to_pylist())]
+            table = table.set_column(table.column_names.index("mtime"), "mtime", pa.array(mtimes, pa.float64()))
+            rel = f"shards/meta-{int(k):06d}-g{gen:06d}.parquet"
+            save_parquet(self.path / rel, table)
+            shard["metadata"] = rel
+        self._mtimes = {}
+
     def close(self) -> None:
-        self.commit()
-        self._sweep(keep_previous=True)
-        self._lock.close()
+        """Commit, then sweep files that neither this manifest nor the previous session's one names."""
+        try:
+            self.commit()
+            gone = sorted(self._opened_files - self._referenced())
+            if gone:  # readers of the snapshot this session started from may still use these
+                self.manifest["retained"] = gone
+                self._dirty = True
+                self.commit()
+            self._sweep()
+        finally:
+            self._lock.close()
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -394,13 +477,13 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # keep what was committed; drop the half-made shard
+        else:  # keep what was committed; the half-made shard is swept by the next writer
             self._lock.close()
 
     # ---- housekeeping -----------------------------------------------------------------------
     def _referenced(self) -> set[str]:
         m = self.manifest
-        names = {MANIFEST, ".lock"}
+        names = {MANIFEST}
         for s in m["shards"]:
             names.update([s["embeddings"], s["metadata"]])
         for key in ("deleted", "errors"):
@@ -411,16 +494,26 @@ class StoreWriter:
         names.update((m.get("tags") or {}).values())
         return names
 
-    def _sweep(self, keep_previous: bool = False) -> None:
-        """Remove files no manifest names (left by a killed job); optionally keep the last generation."""
-        keep = self._referenced()
-        if keep_previous:
-            keep |= set(self.manifest.get("previous_files", []))
-            self.manifest["previous_files"] = sorted(keep)
+    def _sweep(self) -> None:
+        """Delete writer-owned files that no manifest names (left by a killed job or replaced long ago)."""
+        keep = self._referenced() | set(self.manifest.get("retained") or [])
         for p in list(self.path.glob("*")) + list(self.path.glob("shards/*")) + list(self.path.glob("tags/*")):
             rel = p.relative_to(self.path).as_posix()
-            if p.is_file() and rel not in keep and not rel.startswith("cache/"):
-                p.unlink()
+            if p.is_file() and rel not in keep and OWNED.match(rel):
+                p.unlink(missing_ok=True)
+
+
+def _check_new_store_dir(path: Path, model: ModelInfo | None) -> None:
+    """Refuse to turn a file or a folder with other content into a store (before creating anything)."""
+    if model is None:
+        raise PixdexError(f"store {path} does not exist")
+    if path.exists() and not path.is_dir():
+        raise PixdexError(f"{path} is a file, not a store directory; choose a new directory with --out")
+    if path.is_dir():
+        other = [p.name for p in path.iterdir() if p.name not in (".lock", "shards") and not p.name.startswith(".tmp-")]
+        if other:
+            raise PixdexError(f"{path} exists and is not a pixdex store (it holds {other[0]!r}, ...); "
+                              f"choose a new or empty directory with --out")
 
 
 def new_manifest(model: ModelInfo) -> dict:

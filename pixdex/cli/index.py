@@ -24,7 +24,10 @@ def register(sub) -> None:
     p.add_argument("--index", choices=INDEX_TYPES, default="auto", help="FAISS index type (default auto)")
     p.add_argument("--max-index-memory", default=None, metavar="SIZE", help="memory budget for the index, e.g. 4G")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse larger images (decompression-bomb guard; default {DEFAULT_MAX_PIXELS})")
+                   help=f"refuse images with more pixels (decompression-bomb guard; 0 = no limit; "
+                   f"default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--shard-size", type=int, default=4096, metavar="ROWS",
+                   help="rows per embedding shard; each shard is one crash-safe commit (default 4096)")
     p.add_argument("--hidden", action="store_true", help="include hidden files and folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the closing summary as one JSON object")
@@ -38,12 +41,17 @@ def register(sub) -> None:
 
 
 def run_index(args) -> int:
+    from indexer.sources import check_source
+
+    for spec in args.sources:  # fail on a typo before paying for torch and the model
+        check_source(spec)
     from indexer.job import index_collection
 
     summary = index_collection(
         args.sources, args.out, model=args.model, device=args.device, batch_size=args.batch_size,
         workers=args.workers, index=args.index, max_index_memory=parse_bytes(args.max_index_memory),
-        include_hidden=args.hidden, max_pixels=args.max_pixels, progress=not args.no_progress,
+        include_hidden=args.hidden, max_pixels=args.max_pixels or None, shard_rows=args.shard_size,
+        progress=not args.no_progress,
     )
     if args.json:
         print_json(summary.to_dict())

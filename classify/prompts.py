@@ -1,0 +1,202 @@
+"""Labels, prompt templates and label embeddings (one template, a list, or a named ensemble)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import PixdexError
+
+DEFAULT_TEMPLATE = "This is a photo of {}."  # the transformers zero-shot pipeline's default
+
+# The 80 ImageNet prompt templates of the CLIP paper (openai/CLIP, Prompt_Engineering_for_ImageNet).
+CLIP_IMAGENET_80 = (
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+)
+
+ENSEMBLES: dict[str, tuple[str, ...]] = {"clip-imagenet-80": CLIP_IMAGENET_80}
+
+
+# ---- labels ---------------------------------------------------------------------------------------
+def check_labels(labels, allow_duplicates: bool = True) -> list[str]:
+    """The candidate labels as a list of strings; PixdexError for an empty list or a non-string label."""
+    if isinstance(labels, str):  # like the text zero-shot pipeline: "a, b, c" means three labels
+        labels = split_labels(labels)
+    if labels is None or len(labels) == 0:
+        raise PixdexError("candidate_labels is empty: give at least one label")
+    out = []
+    for x in labels:
+        if not isinstance(x, str):
+            raise PixdexError(f"candidate label {x!r} is not a string (got {type(x).__name__})")
+        out.append(x)
+    if not allow_duplicates:
+        seen = set()
+        for x in out:
+            if x in seen:
+                raise PixdexError(f"label {x!r} is given more than once")
+            seen.add(x)
+        if any(not x.strip() for x in out):
+            raise PixdexError("a label is empty")
+    return out
+
+
+def split_labels(text: str) -> list[str]:
+    """'a, b,c' -> ['a', 'b', 'c'] (empty pieces dropped)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """Non-blank lines of a UTF-8 text file (trailing whitespace stripped)."""
+    p = Path(path).expanduser()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PixdexError(f"{what} file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PixdexError(f"cannot read {what} file {p}: {exc}") from None
+    lines = [line.rstrip() for line in lines if line.strip()]
+    if not lines:
+        raise PixdexError(f"{what} file {p} is empty")
+    return lines
+
+
+def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, float]]:
+    """Labels one per line; an optional TAB then a number sets that label's multi-label threshold."""
+    labels, thresholds = [], {}
+    for line in read_lines(path, "labels"):
+        label, _, thr = line.partition("\t")
+        label = label.strip()
+        labels.append(label)
+        if thr.strip():
+            try:
+                thresholds[label] = float(thr)
+            except ValueError:
+                raise PixdexError(f"labels file {path}: threshold {thr.strip()!r} of {label!r} is not a number") from None
+    return check_labels(labels, allow_duplicates=False), thresholds
+
+
+# ---- templates ------------------------------------------------------------------------------------
+def check_template(template: str) -> str:
+    """A template must be a string with one `{}` where the label goes."""
+    if not isinstance(template, str):
+        raise PixdexError(f"template {template!r} is not a string")
+    try:
+        filled = template.format("\0")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise PixdexError(f"template {template!r} is not a valid format string ({exc}); use {{}} for the label") from None
+    if "\0" not in filled:
+        raise PixdexError(f"template {template!r} has no {{}} placeholder for the label")
+    return template
+
+
+def resolve_templates(
+    template: str | None = None, templates: Sequence[str] | None = None, ensemble: str | None = None
+) -> list[str]:
+    """The prompt templates from exactly one of: one template, a list, or an ensemble name."""
+    given = [x is not None for x in (template, templates, ensemble)]
+    if sum(given) > 1:
+        raise PixdexError("give only one of a template, a list of templates, or an ensemble")
+    if ensemble is not None:
+        if ensemble not in ENSEMBLES:
+            raise PixdexError(f"unknown prompt ensemble {ensemble!r}; known: {', '.join(sorted(ENSEMBLES))}")
+        return list(ENSEMBLES[ensemble])
+    if templates is not None:
+        templates = list(templates)
+        if not templates:
+            raise PixdexError("the list of templates is empty")
+        return [check_template(t) for t in templates]
+    return [check_template(DEFAULT_TEMPLATE if template is None else template)]
+
+
+# ---- label embeddings -----------------------------------------------------------------------------
+def label_embeddings(encoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """[labels, dim] float32 unit vectors: each label's normalised prompt embeddings averaged over
+    the templates, then renormalised (CLIP's prompt ensembling). One template: its embedding as is."""
+    if len(templates) == 1:
+        return encoder.encode_texts([templates[0].format(x) for x in labels])
+    total = np.zeros((len(labels), encoder.dim), np.float64)
+    for t in templates:
+        total += encoder.encode_texts([t.format(x) for x in labels])
+    total /= np.linalg.norm(total, axis=1, keepdims=True).clip(1e-12)
+    return total.astype(np.float32)

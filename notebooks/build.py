@@ -1,0 +1,855 @@
+"""Generate the example notebooks from the cell sources below (so that reviews read plain Python).
+
+    python notebooks/build.py            # rewrite notebooks/*.ipynb (no outputs)
+    python notebooks/build.py --check    # exit 1 if a committed notebook differs from this file
+
+Each notebook runs top to bottom offline (HF_HUB_OFFLINE=1) on the shapes world and the shipped
+`shapes-clip` model, checks what it shows with `assert`, and writes its files under ./pixdex-nb-NN/.
+tests/test_notebooks.py executes all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+
+def md(text: str):
+    return new_markdown_cell(textwrap.dedent(text).strip("\n"))
+
+
+def code(text: str):
+    return new_code_cell(textwrap.dedent(text).strip("\n"))
+
+
+# Shared by the notebooks that show images: a grid of results captioned with their true labels.
+GRID_HELPERS = '''
+def objects(path):
+    """The true objects of an image of the collection (from labels.csv)."""
+    return truth[os.path.realpath(path)]
+
+
+def is_a(path, color=None, shape=None):
+    """True when the image holds an object of that colour and/or shape."""
+    return any((color is None or o["color"] == color) and (shape is None or o["shape"] == shape)
+               for o in objects(path))
+
+
+def describe(path):
+    return " + ".join(f"{o['color']} {o['shape']}" for o in objects(path))
+
+
+def show(images, captions, title="", cols=8):
+    """A grid of images (paths) with a caption under each."""
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 2.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, caption in zip(axes.flat, images, captions):
+        with Image.open(path) as im:
+            ax.imshow(im.convert("RGB"))
+        ax.set_title(caption, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+'''
+
+
+# ---- 01 ---------------------------------------------------------------------------------------------
+def text_to_image_search():
+    return [
+        md("""
+        # Text-to-image search
+
+        Build a store from a folder of images, then rank the images for text, for an image, for weighted
+        mixes of both, and inside a filtered subset. Everything runs offline: the images come from the
+        *shapes world* (procedurally drawn coloured shapes with exact labels) and the model is the shipped
+        `shapes-clip`, a small CLIP trained on that world. With your own photos, swap in your folder and a
+        real model (notebook 04 shows how).
+        """),
+        code("""
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network needed
+
+        import shutil
+        from pathlib import Path
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from PIL import Image
+
+        from indexer import Store, index_collection
+        from pixdex.demo import world
+        from search import Searcher, write_html
+
+        WORK = Path("pixdex-nb-01")  # everything this notebook writes
+        shutil.rmtree(WORK, ignore_errors=True)
+        IMAGES, STORE = WORK / "images", WORK / "shapes.pixdex"
+        MODEL = "shapes-clip"
+        """),
+        md("""
+        ## A collection with ground truth
+
+        `write_collection` draws 200 scenes (one or two shapes each) as a mix of JPEG and PNG files and writes
+        `labels.csv` with each image's colours and shapes. We only use the labels to *check* the results.
+        """),
+        code("""
+        labels_csv = world.write_collection(IMAGES, count=200, seed=3)
+        rows = world.read_labels(labels_csv)
+        truth = {os.path.realpath(labels_csv.parent / r["file"]): world.row_objects(r) for r in rows}
+        print(len(rows), "images, e.g.", rows[0]["file"], "->", rows[0]["caption"])
+        assert len(truth) == 200
+        """),
+        code(GRID_HELPERS),
+        md("""
+        ## Index it
+
+        `index_collection` decodes every image safely, embeds it with the model and writes the store: float16
+        embedding shards, parquet metadata and a FAISS index (for 200 images `auto` picks exact search).
+        Running it again only indexes new or changed files.
+        """),
+        code("""
+        summary = index_collection([str(IMAGES)], STORE, model=MODEL, progress=False)
+        print(summary.line())
+        store = Store.open(STORE)
+        print("model:", store.model["name"], "| dim", store.dim, "| index:", store.index_info["type"])
+        print("metadata columns:", store.metadata().column_names)
+        assert store.count == 200 and summary.failed == 0
+        """),
+        md("""
+        ## Search by text
+
+        A `Searcher` opens the store and loads the store's own model on the first text query. Each hit has a
+        1-based `rank`, the store `id`, the `path` and the cosine `score`; `hit.metadata` has every stored column.
+
+        Red circles are one of the colour-shape pairs `shapes-clip` **never saw in training**
+        (`world.HELDOUT_COMBOS`), so finding them is true zero-shot composition of "red" and "circle".
+        """),
+        code("""
+        searcher = Searcher(STORE)
+        hits = searcher.search("a red circle", k=8)
+        show([h.path for h in hits], [f"#{h.rank} {h.score:.2f}\\n{describe(h.path)}" for h in hits], '"a red circle"')
+
+        n_true = sum(is_a(p, "red", "circle") for p in truth)
+        print(f"{n_true} images hold a red circle; held out in training: {('red', 'circle') in world.HELDOUT_COMBOS}")
+        assert n_true >= 3
+        assert all(is_a(h.path, "red", "circle") for h in hits[:3]), [describe(h.path) for h in hits[:3]]
+        assert sum(is_a(h.path, "red", "circle") for h in hits[:n_true]) >= 0.6 * min(n_true, 8)
+        """),
+        md("""
+        A list of queries is encoded in one batch and returns one list of hits per query. Precision is measured
+        against the truth over the top `min(k, number of matching images)` results.
+        """),
+        code("""
+        def precision(hits, color=None, shape=None):
+            relevant = sum(is_a(p, color, shape) for p in truth)
+            top = hits[: max(1, min(len(hits), relevant))]
+            return sum(is_a(h.path, color, shape) for h in top) / len(top)
+
+
+        queries = {"a blue square": ("blue", "square"), "a yellow star": ("yellow", "star"),
+                   "something green": ("green", None), "a hexagon": (None, "hexagon")}
+        results = searcher.search(list(queries), k=8)
+        for (query, want), hits in zip(queries.items(), results):
+            p = precision(hits, *want)
+            show([h.path for h in hits], [f"{h.score:.2f} {describe(h.path)}" for h in hits],
+                 f'"{query}"  precision {p:.2f}')
+            assert p >= 0.6, (query, p)
+        """),
+        md("""
+        ## Search by image
+
+        An image query is a path, URL, PIL image or bytes. Here the query images are new scenes that are not in
+        the store. The same path given to `search()` as a string is recognised as an image.
+        """),
+        code("""
+        query_csv = world.write_collection(WORK / "queries", count=12, seed=99)
+        query = next(r for r in world.read_labels(query_csv) if ";" not in r["shape"])
+        query_path = query_csv.parent / query["file"]
+        hits = searcher.search_image(query_path, k=8)
+        show([query_path] + [h.path for h in hits],
+             [f"query\\n{query['color']} {query['shape']}"] + [f"{h.score:.2f}\\n{describe(h.path)}" for h in hits],
+             "search by image", cols=9)
+
+        same = [is_a(h.path, query["color"], query["shape"]) or is_a(h.path, shape=query["shape"]) for h in hits[:5]]
+        assert sum(same) >= 3, [describe(h.path) for h in hits[:5]]
+        assert [h.id for h in searcher.search(str(query_path), k=8)] == [h.id for h in hits]
+        """),
+        md("""
+        `more_like` finds the neighbours of a stored item by id (or stored path), without re-encoding anything.
+        """),
+        code("""
+        first = hits[0]
+        like = searcher.more_like(first.id, k=6)
+        show([first.path] + [h.path for h in like], ["item"] + [f"{h.score:.2f}\\n{describe(h.path)}" for h in like],
+             f"more like id {first.id}", cols=7)
+        assert first.id not in [h.id for h in like] and len(like) == 6
+        """),
+        md("""
+        ## Mixing queries
+
+        The query syntax mixes terms with `+` and `-` and weights like `"2:text"`: the query vector is the
+        normalised weighted sum of the normalised term embeddings. Terms may be text, images (`./x.jpg`),
+        stored items (`id:12`) or stored paths (`like:/photos/x.jpg`).
+
+        * `"a red circle" - "circle"` keeps *red* and pushes circles down;
+        * `"a blue square" - "blue" + "yellow"` swaps the colour: yellow squares;
+        * `"2:a star" + <image>` looks for stars that also look like the query image.
+        """),
+        code("""
+        plain = searcher.search("a red circle", k=8)
+        minus = searcher.search('"a red circle" - "circle"', k=8)
+        show([h.path for h in minus], [f"{h.score:.2f}\\n{describe(h.path)}" for h in minus], '"a red circle" - "circle"')
+        assert sum(is_a(h.path, "red") for h in minus) >= 6
+        assert sum(is_a(h.path, shape="circle") for h in minus) < sum(is_a(h.path, shape="circle") for h in plain)
+
+        swapped = searcher.search('"a blue square" - "blue" + "yellow"', k=8)
+        show([h.path for h in swapped], [f"{h.score:.2f}\\n{describe(h.path)}" for h in swapped],
+             '"a blue square" - "blue" + "yellow"')
+        assert sum(is_a(h.path, "yellow") for h in swapped[:5]) >= 3
+
+        weighted = searcher.search(f'"2:a star" + {query_path}', k=8)
+        show([h.path for h in weighted], [f"{h.score:.2f}\\n{describe(h.path)}" for h in weighted],
+             f'"2:a star" + image of a {query["color"]} {query["shape"]}')
+        assert sum(is_a(h.path, shape="star") for h in weighted[:5]) >= 4
+        """),
+        md("""
+        ## Filters
+
+        `where=` takes a small SQL-like expression over the metadata columns (`id, path, bytes, mtime, width,
+        height, sha256`, source columns and saved tags — see notebook 02); `path_glob=` and `path_prefix=`
+        restrict by path. The filter restricts the index search itself, so you still get `k` matching results.
+        """),
+        code("""
+        pngs = searcher.search("a star", k=8, path_glob="*.png")
+        show([h.path for h in pngs], [f"{Path(h.path).name}\\n{describe(h.path)}" for h in pngs], '"a star", PNG files only')
+        assert len(pngs) == 8 and all(h.path.endswith(".png") for h in pngs)
+
+        median = int(np.median(store.metadata()["bytes"].to_numpy()))
+        small = searcher.search("a star", k=8, where=f"bytes < {median} AND path LIKE '%.jpg'")
+        assert len(small) == 8
+        assert all(h["bytes"] < median and h.path.endswith(".jpg") for h in small)
+        print([(Path(h.path).name, h["bytes"]) for h in small])
+        """),
+        md("""
+        ## A shareable page
+
+        `write_html` writes a self-contained page of thumbnails (what `pixdex search --html` writes).
+        """),
+        code("""
+        page = write_html(WORK / "results.html", list(queries), results, store=searcher)
+        print(page, page.stat().st_size, "bytes")
+        assert page.read_text().count("<figure") == sum(len(h) for h in results)
+        """),
+    ]
+
+
+# ---- 02 ---------------------------------------------------------------------------------------------
+def bulk_zero_shot_tagging():
+    return [
+        md("""
+        # Bulk zero-shot tagging
+
+        Tag every image of a store against a label set, straight from the stored embeddings (no image is
+        decoded again), measure the accuracy against ground truth with one prompt template and with the
+        80-template CLIP ImageNet ensemble, look at the confusion matrix and at the mistakes, then save the
+        tags into the store and filter searches by them.
+        """),
+        code("""
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+        import csv
+        import shutil
+        from collections import Counter
+        from pathlib import Path
+
+        import matplotlib.pyplot as plt
+        import numpy as np
+        from PIL import Image
+
+        from classify.classifier import ZeroShotClassifier
+        from classify.evaluate import evaluate_store
+        from classify.prompts import DEFAULT_TEMPLATE, ENSEMBLES
+        from classify.tagging import tag_store
+        from indexer import Store, index_collection
+        from pixdex.demo import world
+        from search import Searcher
+
+        WORK = Path("pixdex-nb-02")
+        shutil.rmtree(WORK, ignore_errors=True)
+        IMAGES, STORE = WORK / "images", WORK / "shapes.pixdex"
+        MODEL = "shapes-clip"
+
+        labels_csv = world.write_collection(IMAGES, count=200, seed=5)
+        truth = {os.path.realpath(labels_csv.parent / r["file"]): world.row_objects(r)
+                 for r in world.read_labels(labels_csv)}
+        summary = index_collection([str(IMAGES)], STORE, model=MODEL, progress=False)
+        print(summary.line())
+        assert Store.open(STORE).count == 200
+        """),
+        code(GRID_HELPERS),
+        md("""
+        ## Label sets and prompts
+
+        A label is turned into text with a template (`"This is a photo of {}."` is the transformers pipeline's
+        default). A prompt *ensemble* embeds each label with many templates and averages the normalised
+        embeddings — the CLIP paper's trick, here `clip-imagenet-80`.
+        """),
+        code("""
+        LABEL_SETS = {"shape": list(world.SHAPES), "color": list(world.COLORS)}
+        PROMPTS = {"one template": dict(template=DEFAULT_TEMPLATE), "clip-imagenet-80": dict(ensemble="clip-imagenet-80")}
+        print(LABEL_SETS)
+        print(len(ENSEMBLES["clip-imagenet-80"]), "templates, e.g.", ENSEMBLES["clip-imagenet-80"][:3])
+        """),
+        md("""
+        ## Accuracy: one template vs the ensemble
+
+        `evaluate_store` classifies the truth's images from their stored embeddings (single-label, the
+        pipeline's softmax scoring) and reports top-1/top-5 accuracy, per-class precision/recall and a confusion
+        matrix. A two-object image counts as correct when the prediction is either of its objects.
+        """),
+        code("""
+        reports = {}
+        for column, labels in LABEL_SETS.items():
+            for prompt, how in PROMPTS.items():
+                out = WORK / "eval" / f"{column}-{prompt.replace(' ', '-')}"
+                reports[column, prompt] = evaluate_store(STORE, labels_csv, column=column, labels=labels,
+                                                         out_dir=out, **how)
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        x = np.arange(len(LABEL_SETS))
+        for i, prompt in enumerate(PROMPTS):
+            acc = [reports[c, prompt].top1 for c in LABEL_SETS]
+            bars = ax.bar(x + (i - 0.5) * 0.38, acc, 0.38, label=prompt)
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        chance = [1 / len(v) for v in LABEL_SETS.values()]
+        ax.scatter(x, chance, marker="_", s=900, color="k", label="chance")
+        ax.set_xticks(x, [f"{c} ({len(v)} labels)" for c, v in LABEL_SETS.items()])
+        ax.set_ylabel("top-1 accuracy"); ax.set_ylim(0, 1.05); ax.legend(fontsize=8, loc="lower right")
+        plt.show()
+
+        for (column, prompt), r in reports.items():
+            print(f"{column:6s} {prompt:17s} top-1 {r.top1:.3f}  top-5 {r.top5:.3f}  ({r.evaluated} images)")
+            assert r.evaluated == 200 and r.missing == 0
+            assert r.top1 >= 3 / len(r.labels), (column, prompt, r.top1)  # at least 3x chance
+        """),
+        md("""
+        ## Confusion matrix
+
+        Rows are the true class, columns the predicted one (single-object images only), normalised per row.
+        """),
+        code("""
+        report = reports["shape", "clip-imagenet-80"]
+        cm = np.array(report.confusion)
+        norm = cm / cm.sum(axis=1, keepdims=True).clip(1)
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(cm)):
+            for j in range(len(cm)):
+                ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(cm)), report.labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(cm)), report.labels)
+        ax.set_xlabel("predicted"); ax.set_ylabel("true"); fig.colorbar(im, label="share of the true class")
+        ax.set_title(f"shape, clip-imagenet-80: top-1 {report.top1:.2f}")
+        plt.show()
+        print(report.text())
+
+        assert cm.sum() == report.evaluated - report.multi_label_rows
+        assert (np.argmax(norm, axis=1) == np.arange(len(cm))).all(), "every class is mostly predicted as itself"
+        """),
+        md("""
+        ## Mistakes, per class
+
+        `predictions.csv` (written next to `metrics.json` in the evaluation folder) has the prediction of every
+        image. Here are up to four mistakes for each true shape.
+        """),
+        code("""
+        with open(report.files["predictions"], newline="") as fh:
+            preds = list(csv.DictReader(fh))
+        wrong = [p for p in preds if p["predicted"] not in p["truth"].split(";")]
+        print(f"{len(wrong)} mistakes out of {len(preds)}")
+        assert len(wrong) == round((1 - report.top1) * report.evaluated)
+
+        for label in report.labels:
+            mine = [p for p in wrong if p["truth"] == label][:4]
+            if mine:
+                show([p["path"] for p in mine], [f"{describe(p['path'])}\\n-> {p['predicted']}" for p in mine],
+                     f"true {label}: {sum(p['truth'] == label for p in wrong)} mistakes", cols=4)
+        """),
+        md("""
+        ## The pipeline-compatible classifier
+
+        For a few images at a time, `ZeroShotClassifier` is a drop-in for transformers'
+        `pipeline("zero-shot-image-classification")`: same call, same output. It agrees with the stored-embedding
+        predictions above (both use the pipeline's default template).
+        """),
+        code("""
+        clf = ZeroShotClassifier(MODEL)
+        one = reports["shape", "one template"]
+        with open(one.files["predictions"], newline="") as fh:
+            sample = list(csv.DictReader(fh))[:16]
+        out = clf([p["path"] for p in sample], candidate_labels=LABEL_SETS["shape"])
+        print(out[0][:3])
+        agree = np.mean([o[0]["label"] == p["predicted"] for o, p in zip(out, sample)])
+        show([p["path"] for p in sample[:8]], [f"{o[0]['label']} {o[0]['score']:.2f}" for o in out[:8]],
+             "ZeroShotClassifier")
+        assert agree >= 0.9, agree
+        assert all(abs(sum(d["score"] for d in o) - 1) < 1e-4 for o in out)  # softmax over the labels
+        """),
+        md("""
+        ## Tag the whole store and save the tags
+
+        `tag_store` streams the stored embeddings block by block (so it scales to millions of images) and can
+        write a parquet/CSV/JSONL file and/or save the tags into the store as columns `NAME` and `NAME_score`.
+        (`pixdex classify STORE --labels ... --save-as NAME` does the same from the command line.)
+        """),
+        code("""
+        for column, labels in LABEL_SETS.items():
+            s = tag_store(STORE, labels, ensemble="clip-imagenet-80", save_as=column, progress=False)
+            print(s.line())
+            assert s.tagged == 200
+
+        store = Store.open(STORE)
+        meta = store.metadata()
+        print(store.tag_sets(), meta.column_names)
+        assert store.tag_sets() == ["color", "shape"]
+
+        # the saved tags are exactly the evaluated predictions
+        tags = dict(zip((os.path.realpath(p) for p in meta["path"].to_pylist()), meta["shape"].to_pylist()))
+        saved_acc = np.mean([tags[p] in {o["shape"] for o in objs} for p, objs in truth.items()])
+        print(f"accuracy of the saved shape tags: {saved_acc:.3f}")
+        assert abs(saved_acc - reports["shape", "clip-imagenet-80"].top1) < 1e-9
+
+        counts = Counter(meta["shape"].to_pylist())
+        true_counts = Counter(o["shape"] for objs in truth.values() for o in objs[:1])
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        x = np.arange(len(world.SHAPES))
+        ax.bar(x - 0.2, [true_counts[s] for s in world.SHAPES], 0.4, label="truth (first object)")
+        ax.bar(x + 0.2, [counts[s] for s in world.SHAPES], 0.4, label="saved tag")
+        ax.set_xticks(x, world.SHAPES); ax.legend(fontsize=8); plt.show()
+        """),
+        md("""
+        ## Filter by tags
+
+        Saved tags are ordinary metadata columns, so `where=` can use them — alone or with a query.
+        """),
+        code("""
+        searcher = Searcher(STORE)
+        hits = searcher.search("a shape", k=8, where="shape = 'star' AND color = 'yellow'")
+        show([h.path for h in hits], [f"{h['shape']}/{h['color']} {h['shape_score']:.2f}\\ntrue: {describe(h.path)}"
+                                      for h in hits], "where shape = 'star' AND color = 'yellow'")
+        assert hits and all(h["shape"] == "star" and h["color"] == "yellow" for h in hits)
+        assert np.mean([is_a(h.path, "yellow", "star") for h in hits]) >= 0.6
+
+        sure = searcher.search("a circle", k=None, threshold=0.0, where="shape = 'circle' AND shape_score >= 0.9")
+        print(len(sure), "images tagged circle with a score >= 0.9")
+        assert all(h["shape_score"] >= 0.9 for h in sure)
+        assert np.mean([is_a(h.path, shape="circle") for h in sure]) >= 0.8
+        """),
+    ]
+
+
+# ---- 03 ---------------------------------------------------------------------------------------------
+def index_tuning():
+    return [
+        md("""
+        # Index tuning: flat, HNSW, IVF and IVF-PQ
+
+        A store's FAISS index only proposes candidates; pixdex re-scores them exactly. So the index decides
+        *recall* (did the true neighbours make it into the candidates?), *latency* and *memory*. This notebook
+        writes 50,000 synthetic 512-d embeddings (the size of CLIP ViT-B/32's) into a store, shows how
+        `auto` chooses an index, and compares the four index types on recall@10 vs latency vs memory.
+        No model is needed.
+        """),
+        code("""
+        import os
+        import shutil
+        import time
+        from pathlib import Path
+
+        import faiss
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        from indexer import ModelInfo, Store, StoreWriter
+        from indexer.faiss_index import (TARGET_RECALL, apply_search_params, build_index, bytes_per_vector,
+                                         choose_index, exact_top_k, noisy_queries, recall_at_k, tune_params)
+        from indexer.index_build import update_index
+        from search import Searcher
+
+        WORK = Path("pixdex-nb-03")
+        shutil.rmtree(WORK, ignore_errors=True)
+        WORK.mkdir()
+        N, DIM = 50_000, 512
+        """),
+        md("""
+        ## Synthetic embeddings in a store
+
+        Unit vectors drawn around 300 random centres: clumpy like real image embeddings (uniform random vectors
+        would make every index look bad, because nothing is near anything). `StoreWriter` appends them with
+        minimal metadata rows, and `update_index` builds the index the way `pixdex index` does.
+        """),
+        code("""
+        def clustered(n, dim, clusters=300, spread=1.0, seed=0):
+            rng = np.random.default_rng(seed)
+            centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+            centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+            x = centres[rng.integers(0, clusters, n)]
+            x += rng.normal(0, spread / np.sqrt(dim), (n, dim)).astype(np.float32)
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+        STORE = WORK / "synthetic.pixdex"
+        model = ModelInfo(name="synthetic", family="clip", dim=DIM, fingerprint="synthetic-512", model_type="none")
+        with StoreWriter(STORE, model, shard_rows=16384) as writer:
+            rows = [{"path": f"synthetic/{i:06d}.jpg", "bytes": 0, "mtime": 0.0, "width": 0, "height": 0, "sha256": ""}
+                    for i in range(N)]
+            writer.append(rows, clustered(N, DIM))
+            writer.commit()
+            record = update_index(writer, "auto")
+            writer.commit()
+
+        store = Store.open(STORE)
+        ids, vectors = store.embeddings()  # float32 copies of the stored float16 embeddings
+        print(store.count, "vectors;", "auto chose:", record["type"], "-", record["reason"])
+        assert store.count == N and record["type"] == choose_index(N, DIM).type
+        """),
+        md("""
+        ## How `auto` chooses
+
+        `choose_index(n, dim, max_memory)` is the rule (`pixdex index --index auto --max-index-memory 4G`):
+        """),
+        code("""
+        print(choose_index.__doc__)
+
+        GB = 2**30
+        scenarios = [(10_000, None), (N, None), (500_000, None), (5_000_000, None), (500_000, 64 * 2**20),
+                     (50_000_000, 16 * GB)]
+        print(f"{'vectors':>12}  {'budget':>8}  {'type':6}  {'factory':16}  {'~MB':>8}  reason")
+        for n, budget in scenarios:
+            spec = choose_index(n, DIM, budget)
+            mb = n * bytes_per_vector(spec.type, DIM, spec.pq_m) / 2**20
+            print(f"{n:>12,}  {(f'{budget / 2**20:,.0f}M' if budget else '-'):>8}  {spec.type:6}  {spec.factory:16}"
+                  f"  {mb:>8,.0f}  {spec.reason}")
+            if budget:
+                assert n * bytes_per_vector(spec.type, DIM, spec.pq_m) <= budget, "the choice fits the budget"
+
+        assert choose_index(10_000, DIM).type == "flat"
+        assert choose_index(500_000, DIM).type == "hnsw"
+        assert choose_index(5_000_000, DIM).type == "ivf"
+        assert choose_index(500_000, DIM, 64 * 2**20).type == "ivfpq"
+        """),
+        md("""
+        ## Build the four index types on the same vectors
+
+        For this comparison the indexes are built in memory with the same functions the indexer uses (IVF
+        k-means and PQ codebooks are trained on a 20k sample to keep the notebook quick). IVF-PQ is the one
+        `auto` picks when full vectors do not fit the memory budget; here the budget is 2 MB.
+        """),
+        code("""
+        BUDGET = 2 * 2**20
+        specs = {kind: choose_index(N, DIM, kind=kind) for kind in ("flat", "hnsw", "ivf")}
+        specs["ivfpq"] = choose_index(N, DIM, max_memory=BUDGET)
+        assert specs["ivfpq"].type == "ivfpq"
+
+        built = {}
+        for kind, spec in specs.items():
+            t0 = time.perf_counter()
+            index = build_index(vectors, ids, spec, train_sample=20_000)
+            seconds = time.perf_counter() - t0
+            size = len(faiss.serialize_index(index))
+            built[kind] = dict(index=index, spec=spec, build_s=seconds, bytes=size)
+            print(f"{kind:6s} {spec.factory:16s} built in {seconds:5.1f} s, {size / 2**20:6.1f} MB "
+                  f"({size / N:,.0f} bytes/vector)")
+
+        assert built["ivfpq"]["bytes"] < built["flat"]["bytes"] / 10
+        assert built["hnsw"]["bytes"] > built["flat"]["bytes"]  # full vectors plus graph links
+        """),
+        md("""
+        ## Recall@10 vs latency
+
+        Queries are stored vectors with a little noise (near-duplicate lookups, the query style the indexer tunes
+        for); the truth is exact search. Each approximate index is swept over its search-time knob: `efSearch`
+        for HNSW (graph beam width), `nprobe` for IVF (clusters visited). Latency is per query, one query at a
+        time, on this machine.
+        """),
+        code("""
+        rng = np.random.default_rng(1)
+        queries = noisy_queries(vectors[rng.choice(N, 200, replace=False)], seed=1)
+        truth = ids[exact_top_k(vectors, queries, 10)]
+
+        KNOBS = {"flat": ("-", [None]), "hnsw": ("efSearch", [16, 32, 64, 128, 256]),
+                 "ivf": ("nprobe", [1, 2, 4, 8, 16, 32]), "ivfpq": ("nprobe", [1, 2, 4, 8, 16, 32])}
+        curves = {}
+        for kind, (knob, values) in KNOBS.items():
+            index, points = built[kind]["index"], []
+            for v in values:
+                if v is not None:
+                    apply_search_params(index, {knob: v})
+                t0 = time.perf_counter()
+                found = np.concatenate([index.search(q[None, :], 10)[1] for q in queries])
+                ms = (time.perf_counter() - t0) * 1000 / len(queries)
+                points.append((v, recall_at_k(found, truth), ms))
+            curves[kind] = points
+            print(kind, [(v, round(r, 3), round(ms, 3)) for v, r, ms in points])
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+        for kind, points in curves.items():
+            r, ms = [p[1] for p in points], [p[2] for p in points]
+            ax1.plot(ms, r, "o-", label=f"{kind} ({built[kind]['spec'].factory})")
+            for v, ri, mi in points:
+                if v is not None:
+                    ax1.annotate(str(v), (mi, ri), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ax1.axhline(TARGET_RECALL, color="grey", ls=":", label=f"target recall {TARGET_RECALL}")
+        ax1.set_xscale("log"); ax1.set_xlabel("ms per query (log)"); ax1.set_ylabel("recall@10")
+        ax1.set_title("recall@10 vs latency (labels: efSearch / nprobe)"); ax1.legend(fontsize=8)
+        kinds = list(built)
+        bars = ax2.bar(kinds, [built[k]["bytes"] / 2**20 for k in kinds], color=[f"C{i}" for i in range(len(kinds))])
+        ax2.bar_label(bars, labels=[f"{built[k]['bytes'] / 2**20:.0f} MB\\n{built[k]['build_s']:.1f} s" for k in kinds],
+                      fontsize=8)
+        ax2.set_ylabel("index size (MB)"); ax2.set_title("memory (and build time)"); ax2.margins(y=0.25)
+        fig.tight_layout(); plt.show()
+
+        assert curves["flat"][0][1] == 1.0  # exact search
+        for kind in ("hnsw", "ivf"):
+            assert max(p[1] for p in curves[kind]) >= TARGET_RECALL, kind
+            assert curves[kind][-1][1] >= curves[kind][0][1], "a wider search finds more"
+        # PQ codes are lossy: at the same nprobe, IVF-PQ never beats IVF over full vectors
+        assert all(pq[1] <= fl[1] + 0.01 for pq, fl in zip(curves["ivfpq"], curves["ivf"]))
+        """),
+        md("""
+        ## What the indexer would record
+
+        After a build, the indexer picks the smallest `efSearch`/`nprobe` whose recall@10 reaches the target
+        (0.95), or the best it found, and records both in the store's manifest (`pixdex info STORE`). IVF-PQ's
+        ceiling is set by its code size: where its recall is too low for you, give the index more memory
+        (`--max-index-memory`) or ask for `--index ivf`/`hnsw` explicitly.
+        """),
+        code("""
+        for kind in ("hnsw", "ivf", "ivfpq"):
+            tuned = tune_params(built[kind]["index"], queries, truth, built[kind]["spec"])
+            print(f"{kind:6s} {tuned.params}  recall@10 {tuned.recall_at_10:.3f}")
+            assert tuned.recall_at_10 == max(p[1] for p in curves[kind]) or tuned.recall_at_10 >= TARGET_RECALL
+        """),
+        md("""
+        ## And through the store
+
+        Searching the store (flat, as `auto` chose) gives exactly the brute-force top 10.
+        """),
+        code("""
+        searcher = Searcher(STORE)
+        results = searcher.search_embedding(queries[:20], k=10)
+        exact = truth[:20]
+        for hits, t in zip(results, exact.tolist()):
+            assert {h.id for h in hits} == set(t)  # the same ten (the order may differ only between near-ties)
+        print("store search == exact search for", len(results), "queries")
+        """),
+    ]
+
+
+# ---- 04 ---------------------------------------------------------------------------------------------
+def using_your_own_model():
+    return [
+        md("""
+        # Using your own model, and the store with `datasets` and plain FAISS
+
+        pixdex works with any CLIP-style checkpoint that transformers loads: `openai/clip-vit-base-patch32` (the
+        default), larger CLIPs, SigLIP and SigLIP 2, or a folder you fine-tuned and saved with
+        `save_pretrained`. The first part shows the calls for a machine with the Hugging Face hub (they only
+        run when `ONLINE = True`); everything else runs offline with the shipped `shapes-clip`.
+
+        The second part opens a store without pixdex: the metadata is parquet, the embeddings `.npy` and the
+        index a FAISS file, so `datasets` and `faiss` read them directly.
+        """),
+        code("""
+        import os
+
+        ONLINE = False  # set True on a machine that can reach the Hugging Face hub
+        if not ONLINE:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+        import shutil
+        from pathlib import Path
+
+        import faiss
+        import numpy as np
+
+        from classify.classifier import ZeroShotClassifier
+        from indexer import Encoder, Store, index_collection, resolve_model
+        from pixdex.demo import world
+        from search import Searcher
+
+        WORK = Path("pixdex-nb-04")
+        shutil.rmtree(WORK, ignore_errors=True)
+        labels_csv = world.write_collection(WORK / "images", count=120, seed=4)
+        """),
+        md("""
+        ## A model from the hub
+
+        Pass a hub id wherever a model is expected. The `Encoder` wraps the model and its processor (SigLIP's
+        text is padded to 64 tokens, as it was trained) and records the model's fingerprint in the store, so a
+        store is never searched with the wrong model. On the command line:
+        `pixdex index photos/ --out photos.pixdex --model google/siglip-base-patch16-224`.
+        """),
+        code("""
+        if ONLINE:
+            clip = Encoder("openai/clip-vit-base-patch32")
+            print(clip.info)  # name, family 'clip', dim 512, fingerprint
+            index_collection([str(WORK / "images")], WORK / "clip.pixdex", model="openai/clip-vit-base-patch32")
+            print(Searcher(WORK / "clip.pixdex").search("a red circle", k=5))
+
+            siglip = Encoder("google/siglip-base-patch16-224")
+            print(siglip.info, siglip.logit_bias)  # family 'siglip': sigmoid scores, one per label
+            clf = ZeroShotClassifier("google/siglip-base-patch16-224")
+            print(clf(str(next((WORK / "images").iterdir())), candidate_labels=["a circle", "a square"]))
+
+            # a local copy (or your fine-tuned model): any folder that from_pretrained can load
+            from transformers import AutoModel, AutoProcessor
+            AutoModel.from_pretrained("openai/clip-vit-base-patch32").save_pretrained(WORK / "my-clip")
+            AutoProcessor.from_pretrained("openai/clip-vit-base-patch32").save_pretrained(WORK / "my-clip")
+            print(Encoder(str(WORK / "my-clip")).info.fingerprint == clip.info.fingerprint)
+        else:
+            print("offline: the hub cells are skipped (set ONLINE = True to run them)")
+        """),
+        md("""
+        ## The same calls offline, with `shapes-clip`
+
+        A short name like `shapes-clip` resolves to a local folder (registered by the pixdex package); a plain
+        path works the same way. The folder is an ordinary transformers checkpoint: the transformers pipeline
+        loads it too, and pixdex's `ZeroShotClassifier` gives the same answers.
+        """),
+        code("""
+        folder = resolve_model("shapes-clip")
+        print(folder, sorted(os.listdir(folder)))
+        enc = Encoder("shapes-clip")
+        print(enc.info)
+        text = enc.encode_texts(["a red circle", "a blue square"])
+        assert text.shape == (2, enc.info.dim) and np.allclose(np.linalg.norm(text, axis=1), 1, atol=1e-5)
+
+        from transformers import pipeline
+
+        pipe = pipeline("zero-shot-image-classification", model=folder)
+        clf = ZeroShotClassifier("shapes-clip")
+        images = sorted(str(p) for p in (WORK / "images").iterdir() if p.suffix != ".csv")[:6]
+        theirs = pipe(images, candidate_labels=list(world.SHAPES))
+        ours = clf(images, candidate_labels=list(world.SHAPES))
+        for a, b in zip(theirs, ours):
+            assert [d["label"] for d in a] == [d["label"] for d in b]
+            assert np.allclose([d["score"] for d in a], [d["score"] for d in b], atol=1e-4)
+        print("pipeline and ZeroShotClassifier agree:", [b[0]["label"] for b in ours])
+        """),
+        md("""
+        ## Index with it
+
+        `index_collection` accepts a model name or an `Encoder` you already loaded.
+        """),
+        code("""
+        STORE = WORK / "shapes.pixdex"
+        summary = index_collection([str(WORK / "images")], STORE, model=enc, progress=False)
+        store = Store.open(STORE)
+        print(summary.line(), "|", store.model)
+        assert store.count == 120 and store.model["fingerprint"] == enc.info.fingerprint
+        searcher = Searcher(STORE)
+        hits = searcher.search("a red circle", k=10)
+        """),
+        md("""
+        ## The store as a Hugging Face dataset
+
+        Each shard's metadata is a parquet file listed in `manifest.json`, so `load_dataset("parquet")` reads
+        them (`datasets.Dataset(store.metadata())` works too, and includes saved tags). The embeddings are
+        float16 `.npy` shards; `store.embeddings()` returns them by id. With an `embedding` column the dataset
+        gets its own FAISS index, and its nearest examples are pixdex's results.
+        """),
+        code("""
+        from datasets import load_dataset
+
+        shards = [str(STORE / s["metadata"]) for s in store.manifest["shards"]]
+        ds = load_dataset("parquet", data_files=shards, split="train", cache_dir=str(WORK / "hf-cache"))
+        ds = ds.sort("id")
+        ids, emb = store.embeddings()
+        assert list(ds["id"]) == ids.tolist()
+        ds = ds.add_column("embedding", [row for row in emb])
+        print(ds)
+
+        ds.add_faiss_index(column="embedding", metric_type=faiss.METRIC_INNER_PRODUCT)
+        query = enc.encode_texts(["a red circle"])[0]
+        scores, nearest = ds.get_nearest_examples("embedding", query, k=10)
+        print(list(zip(nearest["id"], np.round(scores, 3))))
+        assert list(nearest["id"]) == [h.id for h in hits]
+        assert np.allclose(scores, [h.score for h in hits], atol=1e-4)
+        """),
+        md("""
+        ## The store with plain FAISS
+
+        The index file named in the manifest is a standard FAISS index whose ids are the store ids (inner product
+        over L2-normalised vectors = cosine).
+        """),
+        code("""
+        index = faiss.read_index(str(STORE / store.index_info["file"]))
+        print(type(index).__name__, index.ntotal, "vectors;", store.index_info["type"], store.index_info["factory"])
+        D, I = index.search(query[None, :], 10)
+        print(I[0].tolist())
+        assert I[0].tolist() == [h.id for h in hits]
+
+        assert store.paths(I[0]) == [h.path for h in hits]
+        """),
+    ]
+
+
+NOTEBOOKS = {
+    "01_text_to_image_search.ipynb": text_to_image_search,
+    "02_bulk_zero_shot_tagging.ipynb": bulk_zero_shot_tagging,
+    "03_index_tuning.ipynb": index_tuning,
+    "04_using_your_own_model.ipynb": using_your_own_model,
+}
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    """The notebook `name` with no outputs, a python3 kernelspec and stable cell ids."""
+    nb = new_notebook(cells=NOTEBOOKS[name]())
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    stem = name.split("_")[0]
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"nb{stem}-{i:02d}"
+    nbformat.validate(nb)
+    return nb
+
+
+def render(name: str) -> str:
+    return nbformat.writes(build(name)) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="only check that the committed notebooks are up to date")
+    args = p.parse_args(argv)
+    stale = []
+    for name in NOTEBOOKS:
+        path = HERE / name
+        text = render(name)
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print("wrote", path)
+    if stale:
+        print("out of date (run python notebooks/build.py):", ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

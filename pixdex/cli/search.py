@@ -1,0 +1,82 @@
+"""`pixdex search`: rank a store's images for text, image, stored-item and mixed queries."""
+
+from __future__ import annotations
+
+import sys
+
+from indexer.errors import PixdexError
+from pixdex.cli.common import add_model_args, print_json
+
+QUERY_HELP = """query syntax (one argument = one query; a lone + or - between arguments joins them into a mix):
+  "a red circle"                     free text
+  ./photo.jpg  https://x/y.png       an image file or URL (image:PATH forces it, text:WORDS forces text)
+  id:123   like:/abs/path.jpg        more like a stored item (by id or stored path)
+  "2:golden retriever" + ./pool.jpg - "grass"
+                                     weighted mix: weight:term, + adds, - subtracts
+filter syntax (--where): width >= 256 AND path GLOB '*.png' OR shape IN ('circle', 'star')
+  = != < <= > >= AND OR NOT ( ) IN (...) LIKE 'a%' ILIKE GLOB '*x*' IS [NOT] NULL
+"""
+
+
+def register(sub) -> None:
+    import argparse
+
+    p = sub.add_parser(
+        "search", help="search a store with text, images, stored items or weighted mixes",
+        description="Rank the images in STORE for each query. Scores are cosine similarities.",
+        epilog=QUERY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", metavar="STORE", help="store directory made by pixdex index")
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="query (text, image path/URL, id:N, mixes)")
+    p.add_argument("-k", "--top", dest="k", type=int, default=None,
+                   help="results per query (default 10; with --threshold: all above it)")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image query (repeatable)")
+    p.add_argument("--like", action="append", default=[], metavar="ID|PATH",
+                   help="more like this stored item, itself left out (repeatable)")
+    p.add_argument("--where", metavar="EXPR", help="metadata filter, e.g. \"width >= 256 AND shape = 'circle'\"")
+    p.add_argument("--path-glob", metavar="GLOB", help="only paths matching this glob (* crosses /)")
+    p.add_argument("--path-prefix", metavar="PREFIX", help="only paths starting with PREFIX")
+    p.add_argument("--threshold", type=float, metavar="X", help="only results with cosine >= X")
+    p.add_argument("--dedup", type=float, metavar="X", help="drop results within cosine X of a better one")
+    p.add_argument("--template", metavar="T", help="text template, e.g. 'a photo of {}' (default: none)")
+    add_model_args(p, None)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print, per query, a list of {rank,id,path,score}")
+    out.add_argument("--paths-only", action="store_true", help="print one path per line (for piping)")
+    p.add_argument("--html", metavar="OUT.html", help="also write a page of thumbnails per query")
+    p.set_defaults(func=run_search)
+
+
+def run_search(args) -> int:
+    from search.query import Query, Term, parse_query, queries_from_args
+    from search.results import format_table, records, write_html
+    from search.searcher import Searcher
+
+    texts = queries_from_args(args.queries)
+    queries = [parse_query(t) for t in texts]
+    queries += [Query((Term("image", path),), label=path) for path in args.image]
+    if not queries and not args.like:
+        raise PixdexError("no query: give QUERY text, --image PATH or --like ID")
+    k = args.k if args.k is not None else (None if args.threshold is not None else 10)
+    searcher = Searcher(args.store, model=args.model, device=args.device)
+    common = {"k": k, "threshold": args.threshold, "where": args.where, "path_glob": args.path_glob,
+              "path_prefix": args.path_prefix, "dedup": args.dedup}
+    results = searcher.search(queries, template=args.template, **common) if queries else []
+    labels = [q.label for q in queries]
+    for like in args.like:
+        item = int(like) if like.isdigit() else like
+        results.append(searcher.more_like(item, **common))
+        labels.append(f"like {like}")
+    if searcher.count == 0:
+        print(f"pixdex search: store {args.store} is empty", file=sys.stderr)
+    if args.json:
+        print_json(records(results))
+    elif args.paths_only:
+        for hits in results:
+            for h in hits:
+                print(h.path)
+    else:
+        print(format_table(labels, results))
+    if args.html:
+        out = write_html(args.html, labels, results, searcher.store)
+        print(f"pixdex search: wrote {out}", file=sys.stderr)
+    return 0

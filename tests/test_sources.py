@@ -1,0 +1,177 @@
+"""Sources: folders (recursion, sniffing, hidden files, symlinks, loops), path lists, several sources, datasets."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.errors import PixdexError
+from indexer.sources import iter_source, iter_sources
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_clip):
+    from indexer.encoder import get_encoder
+
+    return get_encoder(tiny_clip, device="cpu")
+
+
+def png(path: Path, color=(200, 20, 20), size=(24, 24)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, "PNG")
+    return path
+
+
+def keys(spec, **kw) -> list[str]:
+    return [i.key for i in iter_source(str(spec), **kw)]
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    root = tmp_path / "photos"
+    png(root / "a.png")
+    png(root / "sub" / "deeper" / "b.png")
+    png(root / "sub" / "c.dat")  # a PNG without an image extension: found by content
+    (root / "sub" / "notes.dat").write_text("not an image")
+    (root / "readme.txt").write_text("hello")
+    png(root / ".hidden.png")
+    png(root / ".cache" / "d.png")
+    return root
+
+
+def test_folder_is_walked_recursively_by_content_in_sorted_order(tree):
+    found = keys(tree)
+    rel = [os.path.relpath(k, tree) for k in found]
+    assert rel == ["a.png", "sub/c.dat", "sub/deeper/b.png"]
+    assert all(os.path.isabs(k) for k in found)
+
+
+def test_hidden_files_and_folders_only_when_asked(tree):
+    rel = {os.path.relpath(k, tree) for k in keys(tree, include_hidden=True)}
+    assert {".hidden.png", ".cache/d.png"} <= rel
+
+
+def test_symlinked_folder_is_followed_and_nothing_is_listed_twice(tmp_path, tree):
+    outside = tmp_path / "elsewhere"
+    png(outside / "e.png")
+    (tree / "linked").symlink_to(outside, target_is_directory=True)
+    (tree / "again").symlink_to(tree / "sub", target_is_directory=True)  # already walked
+    (tree / "alias.png").symlink_to(tree / "a.png")  # same file twice
+    warnings = []
+    rel = [os.path.relpath(k, tree) for k in keys(tree, warn=warnings.append)]
+    assert "linked/e.png" in rel
+    assert sum(r.endswith("b.png") for r in rel) == 1
+    assert sum(r in ("a.png", "alias.png") for r in rel) == 1
+    assert any("already visited" in w for w in warnings)
+
+
+def test_directory_loop_is_detected_without_hanging(tree):
+    (tree / "sub" / "deeper" / "loop").symlink_to(tree, target_is_directory=True)
+    warnings, result = [], []
+    t = threading.Thread(target=lambda: result.extend(keys(tree, warn=warnings.append)), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "walking a folder with a symlink loop did not finish"
+    assert len(result) == len(set(result)) == 3
+    assert any("loop" in w for w in warnings)
+
+
+def test_path_list_file(tmp_path, tree):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my picks\nphotos/a.png\n\n{tree / 'sub' / 'deeper' / 'b.png'}\nphotos/missing.jpg\n")
+    items = list(iter_source(str(listing)))
+    assert [i.key for i in items] == [str(tree / "a.png"), str(tree / "sub/deeper/b.png"), str(tree / "missing.jpg")]
+    assert items[-1].size == -1  # listed but absent: the job records why
+
+
+def test_several_sources_in_order_without_duplicates(tmp_path, tree):
+    other = tmp_path / "other"
+    png(other / "z.png")
+    found = [i.key for i in iter_sources([str(other), str(tree), str(tree / "sub")])]
+    assert found[0] == str(other / "z.png")
+    assert len(found) == len(set(found)) == 4
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(PixdexError, match="does not exist"):
+        list(iter_source(str(tmp_path / "nope")))
+
+
+# ---- datasets -----------------------------------------------------------------------------------
+def png_bytes(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 24), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+COLORS = [(220, 20, 20), (20, 220, 20), (20, 20, 220)]
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return tmp_path / "hf-cache"
+
+
+def make_dataset():
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["red", "green", "blue"]),
+                                  "id": datasets.Value("int64")})
+    return datasets.Dataset.from_dict(
+        {"image": [{"bytes": png_bytes(c), "path": f"img{i}.png"} for i, c in enumerate(COLORS)],
+         "caption": ["a red square", "a green square", "a blue square"], "label": [0, 1, 2], "id": [7, 8, 9]},
+        features=features)
+
+
+def test_save_to_disk_dataset_rows_with_metadata(tmp_path, hf_cache):
+    make_dataset().save_to_disk(tmp_path / "saved")
+    items = list(iter_source(str(tmp_path / "saved")))
+    assert [i.key for i in items] == [f"{tmp_path / 'saved'}#train/{r}" for r in range(3)]
+    assert items[0].extra == {"caption": "a red square", "label": "red", "dataset_id": 7, "source_file": "img0.png"}
+    assert len({i.sha256 for i in items}) == 3 and items[0].data is None  # bytes are read later, in batches
+
+
+def test_parquet_and_imagefolder_sources(tmp_path, hf_cache):
+    make_dataset().to_parquet(str(tmp_path / "d.parquet"))
+    items = list(iter_source(str(tmp_path / "d.parquet")))
+    assert [i.extra["caption"] for i in items] == ["a red square", "a green square", "a blue square"]
+
+    folder = tmp_path / "imgs"
+    for i, c in enumerate(COLORS):
+        png(folder / f"p{i}.png", c)
+    (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"p{i}.png,caption {i}\n" for i in range(3)))
+    items = list(iter_source(f"imagefolder:{folder}"))
+    assert sorted(i.extra["caption"] for i in items) == ["caption 0", "caption 1", "caption 2"]
+    assert all(i.key.startswith(f"imagefolder:{folder}#train/") for i in items)
+
+
+def test_dataset_columns_become_store_metadata(tmp_path, hf_cache, tiny_encoder):
+    """Indexing a dataset: every row is embedded and its other columns are metadata columns in the store."""
+    from indexer.job import index_collection
+    from indexer.store import Store
+
+    make_dataset().save_to_disk(tmp_path / "saved")
+    summary = index_collection([str(tmp_path / "saved")], tmp_path / "s.pixdex", model=tiny_encoder,
+                               progress=False, workers=0)
+    assert summary.indexed == 3
+    store = Store.open(tmp_path / "s.pixdex")
+    meta = store.metadata().to_pydict()
+    assert meta["caption"] == ["a red square", "a green square", "a blue square"]
+    assert meta["label"] == ["red", "green", "blue"]
+    assert meta["dataset_id"] == [7, 8, 9]
+    direct = tiny_encoder.encode_images([png_bytes(c) for c in COLORS])
+    _, stored = store.embeddings()
+    assert np.allclose(stored, direct, atol=2e-3)
+    again = index_collection([str(tmp_path / "saved")], tmp_path / "s.pixdex", model=tiny_encoder,
+                             progress=False, workers=0)
+    assert (again.indexed, again.unchanged, again.encoded) == (0, 3, 0)
