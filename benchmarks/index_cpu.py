@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="pixdex decoding processes (default: cores-1)")
     ap.add_argument("--models", default="shapes-clip,vit-b-32")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
     args = ap.parse_args()
 
     import torch
@@ -94,8 +95,9 @@ def main() -> None:
     paths = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
     print(f"# {len(paths)} images of {args.image_size}px (JPEG+PNG), batch {args.batch_size}, "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{platform.processor() or platform.machine()}")
-    print(f"{'model':<12} {'method':<28} {'seconds':>8} {'images/s':>9} {'pixdex x':>9}")
+          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f}, "
+          f"best of {args.repeat}")
+    print(f"{'model':<12} {'method':<28} {'seconds':>8} {'images/s':>9} {'pixdex speed-up':>16}")
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name == "vit-b-32":
             model_dir = str(save_vit_b32(work / "vit-b-32"))
@@ -106,15 +108,17 @@ def main() -> None:
                 continue
         encoder = Encoder(model_dir, device="cpu")
         docs_loop(model_dir, paths[:4], 4)  # warm-up: first-call allocations are not what we measure
-        rows = []
-        seconds, count = pixdex_run(encoder, folder, work, args.batch_size, args.workers)
-        assert count == len(paths), f"pixdex stored {count} of {len(paths)} images"
-        rows.append(("pixdex index_collection", seconds))
-        rows.append(("transformers docs loop (1)", docs_loop(model_dir, paths, 1)))
-        rows.append((f"transformers loop ({args.batch_size})", docs_loop(model_dir, paths, args.batch_size)))
-        base = rows[0][1]
-        for method, sec in rows:
-            print(f"{name:<12} {method:<28} {sec:8.2f} {len(paths) / sec:9.1f} {sec / base:9.2f}")
+        best = {}
+        for _ in range(args.repeat):  # interleaved, so background load affects every method alike
+            seconds, count = pixdex_run(encoder, folder, work, args.batch_size, args.workers)
+            assert count == len(paths), f"pixdex stored {count} of {len(paths)} images"
+            for method, sec in [("pixdex index_collection", seconds),
+                                ("transformers docs loop (1)", docs_loop(model_dir, paths, 1)),
+                                (f"transformers loop ({args.batch_size})", docs_loop(model_dir, paths, args.batch_size))]:
+                best[method] = min(sec, best.get(method, float("inf")))
+        base = best["pixdex index_collection"]
+        for method, sec in best.items():
+            print(f"{name:<12} {method:<28} {sec:8.2f} {len(paths) / sec:9.1f} {sec / base:15.2f}x")
         del encoder
 
 

@@ -17,6 +17,7 @@ from classify.scoring import Scoring
 from indexer.encoder import Encoder, get_encoder
 from indexer.errors import PixdexError
 from indexer.inputs import ImageInput, load_image_input
+from indexer.models import DEFAULT_MODEL
 
 LABEL_CACHE_SIZE = 64  # (labels, template) sets kept embedded
 
@@ -25,7 +26,7 @@ class ZeroShotClassifier:
     """clf(images, candidate_labels=[...]) -> [{"score", "label"}, ...] sorted by score (ties in label
     order), or one such list per image when given a list of images."""
 
-    def __init__(self, model: str = "shapes-clip", device: str = "auto", batch_size: int = 32,
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 32,
                  encoder: Encoder | None = None):
         self.encoder = encoder if encoder is not None else get_encoder(model, device=device)
         self.scoring = Scoring.of(self.encoder)

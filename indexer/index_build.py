@@ -13,8 +13,17 @@ from collections.abc import Callable
 import numpy as np
 
 from indexer.atomic import write_atomic
-from indexer.faiss_index import (TARGET_RECALL, IndexSpec, choose_index, exact_top_k_ids, index_record, ivf_of,
-                                 new_index, noisy_queries, tune_params)
+from indexer.faiss_index import (
+    TARGET_RECALL,
+    IndexSpec,
+    choose_index,
+    exact_top_k_ids,
+    index_record,
+    ivf_of,
+    new_index,
+    noisy_queries,
+    tune_params,
+)
 from indexer.store import Store, StoreWriter
 
 REBUILD_GROWTH = 2.0  # an IVF trained on n vectors is rebuilt once it holds more than 2n

@@ -7,14 +7,13 @@ import binascii
 import os
 import urllib.request
 from pathlib import Path
-from typing import Union
 
 from PIL import Image
 
 from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_file, to_rgb
 from indexer.errors import PixdexError
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image]
+ImageInput = str | os.PathLike | bytes | bytearray | Image.Image
 DEFAULT_URL_TIMEOUT = 10.0
 MAX_URL_BYTES = 64 * 1024 * 1024
 
@@ -22,9 +21,9 @@ MAX_URL_BYTES = 64 * 1024 * 1024
 def fetch_url(url: str, timeout: float | None = DEFAULT_URL_TIMEOUT) -> bytes:
     """Download an image URL with a timeout and a size cap."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http/https checked by caller)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             data = resp.read(MAX_URL_BYTES + 1)
-    except Exception as exc:  # urllib raises many kinds; all mean "could not fetch"
+    except Exception as exc:  # noqa: BLE001 - urllib raises many kinds; all mean "could not fetch"
         raise PixdexError(f"cannot fetch image URL {url}: {exc}") from None
     if len(data) > MAX_URL_BYTES:
         raise PixdexError(f"image URL {url} is larger than {MAX_URL_BYTES // 2**20} MiB")

@@ -118,14 +118,16 @@ def plan_work(items: list[SourceItem], by_path: dict[str, OldRow], error_paths: 
 _WORKER: dict = {}
 
 
-def _init_worker(image_processor, max_pixels: int | None, draft: int, skip_hashes: set[str]) -> None:
+def _setup(image_processor, max_pixels: int | None, draft: int, skip_hashes: set[str]) -> None:
+    """What prepare() needs, in this process."""
     _WORKER.update(processor=image_processor, max_pixels=max_pixels, draft=draft, skip=skip_hashes)
-    try:  # decoding workers must not fight the model for cores
-        import torch
 
-        torch.set_num_threads(1)
-    except Exception:
-        pass
+
+def _init_worker(*setup) -> None:
+    """Decoding worker process start-up: one torch thread, so workers do not fight the model for cores."""
+    _setup(*setup)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def prepare(item: SourceItem) -> dict:
@@ -142,7 +144,7 @@ def prepare(item: SourceItem) -> dict:
         pixels = dict(_WORKER["processor"](images=[decoded.image], return_tensors="np"))
     except DecodeError as exc:
         return {"error": str(exc)}
-    except Exception as exc:  # a decoder bug must not stop the job
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the job
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     return {"sha256": digest, "bytes": len(data), "width": decoded.width, "height": decoded.height,
             "pixels": pixels}
@@ -163,7 +165,7 @@ def prepared_stream(items: list[SourceItem], workers: int, encoder: Encoder, max
     init = (encoder.image_processor, max_pixels, encoder.image_size, skip_hashes or set())
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     if workers <= 0 or len(items) < 2 * CHUNK:
-        _init_worker(*init)
+        _setup(*init)  # in this process: the model's threads stay as they are
         for chunk in chunks:
             yield from zip(chunk, _prepare_chunk(_with_bytes(chunk)))
         return
@@ -326,4 +328,4 @@ def index_collection(
 
 def _under(path: str, roots: set[str]) -> bool:
     """True when a stored path belongs to one of the scanned sources (so its absence means removal)."""
-    return any(path == r or path.startswith(r.rstrip("/") + "/") or path.startswith(r + "#") for r in roots)
+    return any(path == r or path.startswith((r.rstrip("/") + "/", r + "#")) for r in roots)

@@ -18,7 +18,7 @@ def registered_models() -> dict[str, str]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             found[ep.name] = str(ep.load()())
-        except Exception:  # a broken plugin must not break model loading
+        except Exception:  # noqa: BLE001, S112 - a broken plugin must not break model loading
             continue
     return found
 

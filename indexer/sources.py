@@ -202,7 +202,7 @@ def load_dataset_source(spec: str):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PixdexError(f"cannot open dataset {spec}: {first}") from None
     if isinstance(ds, datasets.DatasetDict):
-        split = sorted(ds.keys())[0]
+        split = min(ds.keys())
         return ds[split], split
     return ds, str(ds.split) if ds.split else "train"
 

@@ -23,9 +23,9 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +51,7 @@ OWNED = re.compile(r"^(\.tmp-.*|index-\d+\.faiss|deleted-\d+\.npy|errors-\d+\.pa
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def is_store(path: str | os.PathLike) -> bool:
@@ -73,7 +73,7 @@ class Store:
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Store":
+    def open(cls, path: str | os.PathLike) -> Store:
         """Open the last committed state of the store at `path`."""
         path = Path(path).expanduser()
         mf = path / MANIFEST
@@ -299,7 +299,7 @@ class StoreWriter:
             _check_new_store_dir(self.path, model)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "shards").mkdir(exist_ok=True)
-        self._lock = open(self.path / ".lock", "a")
+        self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 - held open: the flock lives as long as it
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -324,7 +324,11 @@ class StoreWriter:
         """Read the committed manifest, or commit an empty one so a killed first run leaves a valid store."""
         if is_store(self.path):
             self.manifest = Store.open(self.path).manifest
-            if model is not None:
+            if model is not None and self.manifest["next_id"] == 0 and not self.manifest["shards"]:
+                if asdict(model) != self.manifest["model"]:  # nothing embedded yet: any model may start it
+                    self.manifest = new_manifest(model)
+                    save_json(self.path / MANIFEST, self.manifest)
+            elif model is not None:
                 Store(self.path, self.manifest).check_model(model)
         else:
             if model is None:
@@ -471,7 +475,7 @@ class StoreWriter:
         finally:
             self._lock.close()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -505,14 +505,14 @@ class Searcher:
         if s not in self._path_cache:
             info = self.store.manifest["shards"][s]
             try:
-                table = pq.read_table(self.store.path / info["metadata"], columns=["id", "path"])
+                table = _read_columns(self.store.path / info["metadata"], ["id", "path"])
             except FileNotFoundError:  # rewritten and swept by later writers: ids and paths are unchanged
                 info = Store.open(self.path).manifest["shards"][s]
-                table = pq.read_table(self.store.path / info["metadata"], columns=["id", "path"])
+                table = _read_columns(self.store.path / info["metadata"], ["id", "path"])
             first = info["first_id"]
-            ids = table["id"].to_numpy()
+            ids = table["id"].to_pylist()  # (to_numpy would import pandas: ~1 s on the first query)
             paths = table["path"].to_pylist()
-            if len(ids) == info["rows"] and np.array_equal(ids, np.arange(first, first + len(ids))):
+            if ids == list(range(first, first + info["rows"])):
                 self._path_cache[s] = paths
             else:  # not laid out by row: index by id
                 col = [""] * info["rows"]
@@ -575,6 +575,12 @@ def _rerank(hits: list[Hit]) -> list[Hit]:
     return hits
 
 
+def _read_columns(path: Path, columns: list[str]):
+    """Columns of one parquet file (ParquetFile, unlike read_table, does not import pandas: ~1 s)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
+
+
 def _load_index(store: Store):
     """The store's FAISS index, memory-mapped read-only: flat and HNSW vectors too (IO_FLAG_MMAP_IFC),
     so opening a million-vector store does not read gigabytes before the first query."""
@@ -597,7 +603,7 @@ _THREADS_LOCK = threading.Lock()
 def _torch_threads(n_items: int):
     """Encode a handful of queries on one torch thread: a batch this small gains little from more, and on
     a busy machine (CI runners, a server next to an index job) their spinning costs 5-10x the latency."""
-    if n_items > SMALL_BATCH:
+    if n_items == 0 or n_items > SMALL_BATCH:  # nothing to encode (no torch import), or a real batch
         yield
         return
     import torch

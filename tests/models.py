@@ -91,8 +91,13 @@ def _gemma_style_vocab() -> dict[str, int]:
 def save_random_siglip2(out: Path, seed: int = 0) -> Path:
     """A random Siglip2Model (NaFlex patches) with a Gemma-style Siglip2Tokenizer built from a vocabulary."""
     import torch
-    from transformers import (Siglip2Config, Siglip2ImageProcessor, Siglip2Model, Siglip2Processor,
-                              Siglip2Tokenizer)
+    from transformers import (
+        Siglip2Config,
+        Siglip2ImageProcessor,
+        Siglip2Model,
+        Siglip2Processor,
+        Siglip2Tokenizer,
+    )
 
     torch.manual_seed(seed)
     out = Path(out)

@@ -300,3 +300,21 @@ def test_tagging_streams_without_loading_the_whole_store(tiny_store, tmp_path, m
     got = pq.read_table(tmp_path / "t.parquet").to_pylist()
     assert [(r["id"], r["path"], r["labels"]) for r in got] == [(r["id"], r["path"], r["labels"]) for r in expected]
     assert np.allclose([r["scores"] for r in got], [r["scores"] for r in expected])
+
+
+def test_shapes_clip_multi_label_finds_both_colours(shapes_store):
+    """Multi-label mode with the background calibration tags two-object images with both colours."""
+    import os
+
+    from pixdex.demo.world import COLORS, read_labels
+
+    labels_csv = next(shapes_store.parent.glob("images/labels.csv"))
+    truth = {os.path.realpath(labels_csv.parent / r["file"]): set(r["color"].split(";"))
+             for r in read_labels(labels_csv)}
+    rows = collect(shapes_store, list(COLORS), mode="multi", threshold=0.3, template="a photo of a {} shape.")
+    tp = fp = fn = 0
+    for r in rows:
+        t, p = truth[os.path.realpath(r["path"])], set(r["labels"])
+        tp, fp, fn = tp + len(t & p), fp + len(p - t), fn + len(t - p)
+    assert tp / (tp + fp) >= 0.8 and tp / (tp + fn) >= 0.8, (tp, fp, fn)
+    assert any(len(r["labels"]) >= 2 for r in rows)

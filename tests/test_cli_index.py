@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from models import save_random_clip
 
 PIXDEX = [sys.executable, "-m", "pixdex"]
@@ -17,7 +16,7 @@ SUMMARY_KEYS = {"indexed", "unchanged", "updated", "removed", "failed", "seconds
 
 
 def pixdex(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([*PIXDEX, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*PIXDEX, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import save_random_siglip, save_random_siglip2
 from PIL import Image
 
 from indexer.encoder import Encoder
@@ -15,7 +16,6 @@ from indexer.errors import ModelMismatchError, PixdexError
 from indexer.job import index_collection
 from indexer.models import DEFAULT_MODEL
 from indexer.store import Store
-from models import save_random_siglip, save_random_siglip2
 
 FAMILIES = ["clip", "siglip", "siglip2"]
 
@@ -70,13 +70,24 @@ def test_family_indexes_like_its_own_processor_and_model(family, model_dirs, ima
     enc = Encoder(model_dirs[family], device="cpu")
     assert enc.family == ("clip" if family == "clip" else "siglip")
     assert enc.info.model_type == family
+    check_indexes_like_reference(enc, model_dirs[family], images, tmp_path)
+
+
+def test_shapes_clip_indexes_like_its_own_processor_and_model(shapes_clip, images, tmp_path):
+    enc = Encoder("shapes-clip", device="cpu")
+    assert enc.family == "clip" and enc.path == str(shapes_clip)
+    check_indexes_like_reference(enc, shapes_clip, images, tmp_path)
+
+
+def check_indexes_like_reference(enc: Encoder, model_dir: str, images: Path, tmp_path: Path) -> None:
+    """Index the images; stored rows, encode_images and encode_texts agree with the transformers loop."""
     summary = index_collection([str(images)], tmp_path / "s.pixdex", model=enc, progress=False, workers=0)
     assert (summary.indexed, summary.failed) == (5, 0)
     store = Store.open(tmp_path / "s.pixdex")
     assert store.model["fingerprint"] == enc.info.fingerprint and store.dim == enc.dim
     paths = [Path(p) for p in store.metadata()["path"].to_pylist()]
     _, stored = store.embeddings()
-    want = reference_embeddings(model_dirs[family], paths)
+    want = reference_embeddings(model_dir, paths)
     cosines = (stored * want).sum(axis=1) / np.linalg.norm(stored, axis=1)
     assert cosines.min() >= 0.999, dict(zip([p.name for p in paths], cosines.round(5)))
     # the same through the API, for any image input kind

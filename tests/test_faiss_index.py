@@ -119,7 +119,7 @@ def test_ivf_grows_in_place_then_is_rebuilt_after_doubling(tmp_path):
     assert store.load_index().search(new_vecs[:20].astype(np.float32), 1)[1][:, 0].tolist() == new_ids[:20].tolist()
 
     with StoreWriter(path) as w:
-        w.delete(range(0, 100))
+        w.delete(range(100))
     third = index_now(path)
     assert third["how"] == "updated" and third["ntotal"] == 2400
     found = Store.open(path).load_index().search(clustered(50, seed=0)[:50], 10)[1]

@@ -64,7 +64,7 @@ def unprivileged() -> dict:
     if os.geteuid() != 0:
         return {}
     probe = subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_drop_file_permission_override,
-                           capture_output=True)
+                           capture_output=True, check=False)
     if probe.returncode != 0:
         pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE: unreadable files cannot be made")
     return {"preexec_fn": _drop_file_permission_override}
@@ -83,7 +83,7 @@ def test_bad_files_go_to_the_error_table_and_the_job_finishes(tmp_path, photos, 
     try:
         res = subprocess.run([*PIXDEX, "index", str(photos), "--out", str(store), "--model", tiny_clip,
                               "--json", "--no-progress", "--workers", "0"],
-                             capture_output=True, text=True, timeout=300, **unprivileged())
+                             capture_output=True, text=True, timeout=300, check=False, **unprivileged())
     finally:
         secret.chmod(0o644)
     assert res.returncode == 0, res.stderr
@@ -97,7 +97,8 @@ def test_bad_files_go_to_the_error_table_and_the_job_finishes(tmp_path, photos, 
     assert "permission denied" in errors["secret.jpg"]
     assert all("\n" not in r for r in errors.values())
 
-    listed = subprocess.run([*PIXDEX, "info", str(store), "--errors"], capture_output=True, text=True, timeout=120)
+    listed = subprocess.run([*PIXDEX, "info", str(store), "--errors"], capture_output=True, text=True, timeout=120,
+                            check=False)
     assert listed.returncode == 0
     lines = listed.stdout.strip().splitlines()
     assert len(lines) == 4 and {Path(line.split("\t")[0]).name for line in lines} == set(errors)
@@ -110,7 +111,7 @@ def test_fixed_file_leaves_the_error_table_and_a_broken_one_leaves_the_index(tmp
     first = run([photos], store, tiny_encoder)
     assert first.failed == 1 and Store.open(store).count == 10
     Image.new("RGB", (40, 40), (0, 90, 200)).save(photos / "later.png")
-    victim = sorted(photos.glob("*.jpg"))[0]
+    victim = min(photos.glob("*.jpg"))
     victim.write_bytes(b"overwritten with garbage")
     second = run([photos], store, tiny_encoder)
     assert (second.indexed, second.failed) == (1, 1)
@@ -176,7 +177,11 @@ def test_removal_is_scoped_to_the_sources_scanned(tmp_path, photos, tiny_encoder
 
 
 def test_worker_processes_give_the_same_store_as_in_process_decoding(tmp_path, photos, tiny_encoder):
+    import torch
+
+    threads = torch.get_num_threads()
     run([photos], tmp_path / "a.pixdex", tiny_encoder)
+    assert torch.get_num_threads() == threads  # in-process decoding leaves the model's threads alone
     index_collection([str(photos)], tmp_path / "b.pixdex", model=tiny_encoder, progress=False, workers=2,
                      batch_size=3)
     a, b = by_path(tmp_path / "a.pixdex"), by_path(tmp_path / "b.pixdex")
@@ -224,7 +229,7 @@ def test_sigkill_at_any_point_then_rerun_gives_the_uninterrupted_store(tmp_path,
 
     photos = tmp_path / "photos"
     write_collection(photos, count=60, seed=3, image_size=64)
-    opts = dict(shard_rows=4, batch_size=2)
+    opts = {"shard_rows": 4, "batch_size": 2}
     baseline_dir = tmp_path / "baseline.pixdex"
     index_collection([str(photos)], baseline_dir, model=tiny_encoder, progress=False, workers=0, **opts)
     baseline = by_path(baseline_dir)
@@ -239,11 +244,11 @@ def test_sigkill_at_any_point_then_rerun_gives_the_uninterrupted_store(tmp_path,
     counts.append(check_consistent(store, baseline))
     # 2 and 3: a few shard commits into a resumed run
     for extra in (2, 4):
-        start = generation(store)
-        assert kill_when(cmd, lambda: generation(store) >= start + extra) == -signal.SIGKILL
+        target = generation(store) + extra
+        assert kill_when(cmd, lambda target=target: generation(store) >= target) == -signal.SIGKILL
         counts.append(check_consistent(store, baseline))
     assert counts[-1] > counts[0] and counts[-1] < 60  # progress was kept across kills, the job was cut short
-    final = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
+    final = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300, check=False)
     assert final.returncode == 0, final.stderr
     summary = json.loads(final.stdout)
     assert summary["indexed"] == 60 - counts[-1] and summary["unchanged"] == counts[-1]

@@ -72,5 +72,5 @@ def test_notebook_runs_offline(name, kernel_dir, tmp_path, monkeypatch, request)
     print(f"{name}: {time.perf_counter() - start:.1f} s")
     images = sum(o.get("data", {}).get("image/png") is not None for c in nb.cells if c.cell_type == "code"
                  for o in c.outputs)
-    assert images >= 2, f"{name} shows {images} figures"
+    assert images >= 1, f"{name} shows no figure"
     assert (tmp_path / f"pixdex-nb-{name[:2]}").is_dir(), "the notebook writes into its working directory"

@@ -156,22 +156,26 @@ def test_parquet_and_imagefolder_sources(tmp_path, hf_cache):
 
 
 def test_dataset_columns_become_store_metadata(tmp_path, hf_cache, tiny_encoder):
-    """Indexing a dataset: every row is embedded and its other columns are metadata columns in the store."""
+    """save_to_disk, parquet and imagefolder sources in one run: rows embedded, other columns kept as metadata."""
     from indexer.job import index_collection
     from indexer.store import Store
 
     make_dataset().save_to_disk(tmp_path / "saved")
-    summary = index_collection([str(tmp_path / "saved")], tmp_path / "s.pixdex", model=tiny_encoder,
-                               progress=False, workers=0)
-    assert summary.indexed == 3
+    make_dataset().to_parquet(str(tmp_path / "d.parquet"))
+    folder = tmp_path / "imgs"
+    for i, c in enumerate(COLORS):
+        png(folder / f"p{i}.png", c)
+    (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"p{i}.png,folder {i}\n" for i in range(3)))
+    sources = [str(tmp_path / "saved"), str(tmp_path / "d.parquet"), f"imagefolder:{folder}"]
+    summary = index_collection(sources, tmp_path / "s.pixdex", model=tiny_encoder, progress=False, workers=0)
+    assert (summary.indexed + summary.reused, summary.failed, summary.count) == (9, 0, 9)
     store = Store.open(tmp_path / "s.pixdex")
     meta = store.metadata().to_pydict()
-    assert meta["caption"] == ["a red square", "a green square", "a blue square"]
-    assert meta["label"] == ["red", "green", "blue"]
-    assert meta["dataset_id"] == [7, 8, 9]
+    assert meta["caption"][:6] == ["a red square", "a green square", "a blue square"] * 2
+    assert sorted(meta["caption"][6:]) == ["folder 0", "folder 1", "folder 2"]
+    assert meta["label"][:6] == ["red", "green", "blue"] * 2 and meta["dataset_id"][:6] == [7, 8, 9] * 2
     direct = tiny_encoder.encode_images([png_bytes(c) for c in COLORS])
     _, stored = store.embeddings()
-    assert np.allclose(stored, direct, atol=2e-3)
-    again = index_collection([str(tmp_path / "saved")], tmp_path / "s.pixdex", model=tiny_encoder,
-                             progress=False, workers=0)
-    assert (again.indexed, again.unchanged, again.encoded) == (0, 3, 0)
+    assert np.allclose(stored[:3], direct, atol=2e-3) and np.allclose(stored[3:6], direct, atol=2e-3)
+    again = index_collection(sources, tmp_path / "s.pixdex", model=tiny_encoder, progress=False, workers=0)
+    assert (again.indexed, again.unchanged, again.encoded) == (0, 9, 0)

@@ -47,7 +47,7 @@ def test_embedding_shards_are_memory_mappable_float16(tiny_store):
     emb = np.load(tiny_store / shard["embeddings"], mmap_mode="r")
     assert isinstance(emb, np.memmap) and emb.dtype == np.float16 and emb.shape == (shard["rows"], store.dim)
     assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1.0, atol=2e-3)
-    ids, full = store.embeddings()
+    _, full = store.embeddings()
     assert np.array_equal(full[: shard["rows"]], emb.astype(np.float32))
 
 
@@ -100,9 +100,8 @@ def test_refuses_a_folder_that_is_not_a_store_and_leaves_it_untouched(tmp_path):
 
 
 def test_second_writer_is_refused_while_one_holds_the_store(tmp_path):
-    with StoreWriter(tmp_path / "s", INFO):
-        with pytest.raises(PixdexError, match="another process"):
-            StoreWriter(tmp_path / "s", INFO)
+    with StoreWriter(tmp_path / "s", INFO), pytest.raises(PixdexError, match="another process"):
+        StoreWriter(tmp_path / "s", INFO)
 
 
 def test_ids_deletes_errors_and_tags_round_trip(tmp_path):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 from indexer.errors import PixdexError
+from indexer.models import DEFAULT_MODEL as CLASSIFIER_DEFAULT_MODEL  # same default as pixdex index
 from pixdex.cli.common import add_model_args, print_json
-
-CLASSIFIER_DEFAULT_MODEL = "shapes-clip"
 
 
 def register(sub) -> None:

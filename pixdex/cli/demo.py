@@ -42,23 +42,54 @@ def run(args) -> int:
     summary = index_collection([str(out / "images")], out / "store", model=DEMO_MODEL, progress=sys.stderr.isatty())
     print(summary.line())
 
-    for extra in EXTRA_STEPS:
-        extra(out, labels)
+    searches(out)
+    tag_and_eval(out, labels)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s. Browse the store: pixdex serve {out / 'store'}")
     return 0
 
 
-def zero_shot_report(labels: Path) -> None:
-    """Colour and shape top-1 accuracy of shapes-clip on the collection, with a few example predictions."""
-    from pixdex.demo.assets import shapes_clip_path
-    from pixdex.demo.quality import collection_accuracy
+def zero_shot_report(labels: Path, show: int = 5) -> None:
+    """shapes-clip's colour and shape top-1 accuracy on the single-object images, plus a few predictions."""
+    import numpy as np
 
-    report = collection_accuracy(shapes_clip_path(), labels)
-    for name, value in report["accuracy"].items():
-        print(f"  {name:<14} top-1 {value:.3f}")
-    for ex in report["examples"]:
-        print(f"  {ex['file']:<18} truth {ex['truth']:<22} predicted {ex['predicted']:<22} ({ex['score']:.2f})")
+    from classify.classifier import ZeroShotClassifier
+    from pixdex.demo.world import COLORS, SHAPES, read_labels, row_objects
+
+    rows = [r for r in read_labels(labels) if len(row_objects(r)) == 1]
+    clf = ZeroShotClassifier(DEMO_MODEL)
+    images = clf.embed_images([str(labels.parent / r["file"]) for r in rows])
+    predictions = {}
+    for column, names in (("color", COLORS), ("shape", SHAPES)):
+        scores = clf.scoring.scores(images, clf.label_embeddings(list(names), "a photo of a {} shape."
+                                                                 if column == "color" else "a photo of a {}."))
+        predictions[column] = [names[i] for i in np.argmax(scores, axis=1)]
+        hits = np.mean([p == r[column] for p, r in zip(predictions[column], rows)])
+        print(f"  {column:<6} top-1 {hits:.3f} over {len(rows)} single-object images ({len(names)} classes)")
+    for k, r in enumerate(rows[:show]):
+        guess = f"{predictions['color'][k]} {predictions['shape'][k]}"
+        print(f"  {r['file']:<18} truth {r['color'] + ' ' + r['shape']:<18} predicted {guess}")
 
 
-# Later stages (search page, tagging, eval) append functions (out_dir, labels_csv) -> None here.
-EXTRA_STEPS: list = []
+DEMO_QUERIES = ["a red circle", "a blue square", "a small yellow star", '"2:green triangle" - "green"']
+
+
+def searches(out: Path) -> None:
+    """A few text and mixed queries plus one image query; a page of thumbnails per query."""
+    from search.results import format_table, write_html
+    from search.searcher import Searcher
+
+    step("4. search (text, a weighted mix, an image)")
+    searcher = Searcher(out / "store")
+    first_image = min((out / "images").glob("*.png"))
+    queries = DEMO_QUERIES + [str(first_image)]
+    results = searcher.search(queries, k=8)
+    print(format_table(queries, [hits[:3] for hits in results]))
+    page = write_html(out / "search.html", queries, results, searcher.store, title="pixdex demo searches")
+    print(f"thumbnails per query: {page}")
+
+
+def tag_and_eval(out: Path, labels: Path) -> None:
+    from pixdex.cli.classify import demo_tag_and_eval
+
+    step("5. tag by shape from stored embeddings, evaluate against labels.csv")
+    demo_tag_and_eval(out, labels)
