@@ -89,6 +89,15 @@ def test_other_model_is_refused(tmp_path):
         Store.open(tmp_path / "s").check_model(other)
 
 
+def test_an_empty_store_may_start_over_with_another_model(tmp_path):
+    with StoreWriter(tmp_path / "s", INFO):
+        pass  # e.g. a first run killed before anything was embedded
+    other = ModelInfo("other-model", "clip", 4, "0123456789abcdef", "clip")
+    with StoreWriter(tmp_path / "s", other) as w:
+        w.append(rows(["a"]), unit_rows(1, dim=4))
+    assert Store.open(tmp_path / "s").model["name"] == "other-model"
+
+
 def test_refuses_a_folder_that_is_not_a_store_and_leaves_it_untouched(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")

@@ -143,11 +143,16 @@ def _include(rnd: random.Random) -> set[str]:
             return inc
 
 
-def make_caption(objs: list[dict], rnd: random.Random) -> tuple[str, np.ndarray]:
-    """A random true caption of a scene, and its constraints ([2, 4], -1 = any, -3 = no 2nd object)."""
+def make_caption(objs: list[dict], rnd: random.Random, include: set[str] | None = None) -> tuple[str, np.ndarray]:
+    """A random true caption of a scene, and its constraints ([2, 4], -1 = any, -3 = no 2nd object).
+
+    `include` forces which attributes of a single object are named (used for the label bank).
+    """
     cons = np.full((2, 4), -3, dtype=np.int8)
     full = rnd.random() < 0.12
-    if len(objs) == 2 and rnd.random() < 0.55:
+    if include is not None:
+        chosen = objs[:1]
+    elif len(objs) == 2 and rnd.random() < 0.55:
         chosen = list(objs) if rnd.random() < 0.5 else [objs[1], objs[0]]
     else:
         chosen = [rnd.choice(objs)]
@@ -155,7 +160,7 @@ def make_caption(objs: list[dict], rnd: random.Random) -> tuple[str, np.ndarray]
     bare = prefix.endswith("of ") and rnd.random() < 0.2  # "this is a photo of red circle."
     parts = []
     for k, obj in enumerate(chosen):
-        inc = set(ATTRS) if full else _include(rnd)
+        inc = include if include is not None else set(ATTRS) if full else _include(rnd)
         parts.append(_object_phrase(obj, rnd, inc, bare and k == 0))
         cons[k] = [VOCABS[a].index(obj[name]) if name in inc else -1 for a, name in enumerate(ATTRS)]
     text = prefix + " and ".join(parts)
@@ -164,6 +169,29 @@ def make_caption(objs: list[dict], rnd: random.Random) -> tuple[str, np.ndarray]
     if rnd.random() < 0.5:
         text += "."
     return text, cons
+
+
+def label_bank() -> list[tuple[dict, set[str]]]:
+    """Single-attribute and colour-shape descriptions added as extra captions to every batch.
+
+    Contrasting each image against every shape, colour, size, position and (seen) colour-shape
+    caption, besides the batch's own captions, gives a dense signal each step. Held-out pairs
+    are never among them.
+    """
+    any_obj = {"color": "red", "shape": "circle", "size": "small", "position": "left"}
+    bank = []
+    for shape in world.SHAPES:
+        bank.append(({**any_obj, "shape": shape}, {"shape"}))
+    for color in world.COLORS:
+        bank.append(({**any_obj, "color": color}, {"color"}))
+    for size in world.SIZES:
+        bank.append(({**any_obj, "size": size}, {"size"}))
+    for pos in world.POSITIONS:
+        bank.append(({**any_obj, "position": pos}, {"position"}))
+    for color, shape in world.ALL_COMBOS:
+        if (color, shape) not in world.HELDOUT_COMBOS:
+            bank.append(({**any_obj, "color": color, "shape": shape}, {"color", "shape"}))
+    return bank
 
 
 def positives(img_codes, cap_cons):
@@ -277,6 +305,7 @@ def parse_args(argv):
     p.add_argument("--fp16", action="store_true", help="store the weights in float16")
     p.add_argument("--no-eval", action="store_true", help="skip the quality measurement")
     p.add_argument("--eval-n", type=int, default=None, help="images per colour-shape pair in the evaluation")
+    p.add_argument("--no-bank", action="store_true", help="do not add the label-bank captions to batches")
     p.add_argument("--log-every", type=int, default=50)
     args = p.parse_args(argv)
     if args.seed == EVAL_SEED:
@@ -349,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    bank = label_bank()
     pix = torch.from_numpy(pixels)
     codes_t = torch.from_numpy(codes).long()
     n = len(scenes)
@@ -387,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
             t, cn = make_caption(ob, rnd)
             texts.append(t)
             cons.append(cn)
+        if not args.no_bank:
+            for obj, inc in bank:
+                t, cn = make_caption([obj], rnd, inc)
+                texts.append(t)
+                cons.append(cn)
         cons_t = torch.from_numpy(np.stack(cons)).long()
         pos = positives(c, cons_t).float()  # [text, image]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=args.max_text_len, return_tensors="pt")
@@ -394,10 +429,13 @@ def main(argv: list[str] | None = None) -> int:
                     pixel_values=x.to(device))
         logits = out.logits_per_image  # [image, text]
         pos = pos.to(device)
+        # Soft targets: uniform over every caption that describes the image (its own, identical
+        # ones, less specific ones...) and over every image a caption describes.
         t_i2t = pos.T / pos.T.sum(1, keepdim=True)
-        t_t2i = pos / pos.sum(1, keepdim=True)
+        has = pos.sum(1) > 0  # a bank caption may describe no image of this batch
+        t_t2i = pos[has] / pos[has].sum(1, keepdim=True)
         loss = 0.5 * (torch.sum(-t_i2t * logits.log_softmax(1), 1).mean()
-                      + torch.sum(-t_t2i * logits.T.log_softmax(1), 1).mean())
+                      + torch.sum(-t_t2i * logits.T[has].log_softmax(1), 1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -442,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_seed": EVAL_SEED,
         "train_images": args.train_size,
         "two_object_prob": args.two_object_prob,
+        "label_bank_captions": 0 if args.no_bank else len(label_bank()),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
