@@ -20,8 +20,10 @@ import torch
 from indexer.errors import PixdexError
 from indexer.inputs import ImageInput, load_image_input
 from indexer.models import DEFAULT_MODEL, explain_load_failure, resolve_model
+from indexer.pixels import normalise, plan_for
 
-SIGLIP_TEXT_LENGTH = 64  # what the zero-shot pipeline pads SigLIP prompts to
+SIGLIP_TEXT_LENGTH = 64
+UINT8_KEY = "uint8_nhwc"  # batch key for resized+cropped uint8 pixels (see indexer.pixels)  # what the zero-shot pipeline pads SigLIP prompts to
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class Encoder:
         self.family = "siglip" if "siglip" in self.model_type else "clip"
         self.image_processor = self.processor.image_processor
         self.tokenizer = self.processor.tokenizer
+        self.pixel_plan = plan_for(self.image_processor)  # None: the processor is called as is
         self.logit_scale = float(self.model.logit_scale.detach().float().exp().item())
         bias = getattr(self.model, "logit_bias", None)
         self.logit_bias = float(bias.detach().float().item()) if bias is not None else None
@@ -167,7 +170,14 @@ class Encoder:
 
     @torch.inference_mode()
     def embed_pixels(self, batch: dict[str, np.ndarray], normalize: bool = True) -> np.ndarray:
-        """Image embeddings from preprocessed arrays (the output of preprocess, possibly stacked)."""
+        """Image embeddings from preprocessed arrays (the output of preprocess, possibly stacked),
+        or from {UINT8_KEY: NHWC uint8} pixels that are rescaled and normalised here, on the device."""
+        if UINT8_KEY in batch:
+            raw = torch.from_numpy(np.ascontiguousarray(batch[UINT8_KEY]))
+            if self.device.type == "cuda":
+                raw = raw.pin_memory()
+            pixel_values = normalise(raw.to(self.device, non_blocking=True), self.pixel_plan, self.dtype)
+            return self._finish(features(self.model.get_image_features(pixel_values=pixel_values)), normalize)
         tensors = {}
         for key, value in batch.items():
             t = torch.from_numpy(np.ascontiguousarray(value))

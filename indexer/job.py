@@ -21,11 +21,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_file
-from indexer.encoder import Encoder
+from indexer.encoder import UINT8_KEY, Encoder
 from indexer.errors import PixdexError
 from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
 from indexer.models import DEFAULT_MODEL
+from indexer.pixels import plan_for, resize_crop
 from indexer.sources import SourceItem, check_source, item_bytes, iter_sources
 from indexer.store import Store, StoreWriter
 
@@ -120,7 +121,8 @@ _WORKER: dict = {}
 
 def _setup(image_processor, max_pixels: int | None, draft: int, skip_hashes: set[str]) -> None:
     """What prepare() needs, in this process."""
-    _WORKER.update(processor=image_processor, max_pixels=max_pixels, draft=draft, skip=skip_hashes)
+    _WORKER.update(processor=image_processor, plan=plan_for(image_processor), max_pixels=max_pixels, draft=draft,
+                   skip=skip_hashes)
 
 
 def _init_worker(*setup) -> None:
@@ -141,7 +143,10 @@ def prepare(item: SourceItem) -> dict:
         if digest in _WORKER["skip"]:
             return {"sha256": digest, "bytes": len(data)}
         decoded = decode_bytes(data, _WORKER["max_pixels"], _WORKER["draft"])
-        pixels = dict(_WORKER["processor"](images=[decoded.image], return_tensors="np"))
+        if _WORKER["plan"] is not None:  # resize+crop here as uint8; the encoder normalises on its device
+            pixels = {UINT8_KEY: resize_crop(decoded.image, _WORKER["plan"])[None]}
+        else:
+            pixels = dict(_WORKER["processor"](images=[decoded.image], return_tensors="np"))
     except DecodeError as exc:
         return {"error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the job

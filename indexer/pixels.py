@@ -2,7 +2,7 @@
 
 It reproduces the model's own image processor (CLIP-style: shortest-edge resize + centre crop; SigLIP:
 fixed-size resize) step for step, but ships 4x fewer bytes between processes and lets the GPU do the
-float work. Processors it cannot reproduce (SigLIP2's NaFlex patches, padding, ...) get `None` from
+float work (on the GPU when there is one). Processors it cannot reproduce (SigLIP2's NaFlex patches, padding, ...) get `None` from
 plan_for() and the job falls back to calling the processor itself.
 """
 
@@ -15,7 +15,6 @@ from PIL import Image
 
 PIL_RESAMPLE = {0: Image.Resampling.NEAREST, 1: Image.Resampling.LANCZOS, 2: Image.Resampling.BILINEAR,
                 3: Image.Resampling.BICUBIC, 4: Image.Resampling.BOX, 5: Image.Resampling.HAMMING}
-TORCH_MODE = {2: "bilinear", 3: "bicubic"}
 
 
 @dataclass(frozen=True)
@@ -112,25 +111,3 @@ def normalise(batch, plan: PixelPlan, dtype=None):
     std = torch.tensor(plan.std, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x.to(dtype) if dtype is not None else x
-
-
-def resize_crop_tensor(images: list, plan: PixelPlan):
-    """CHW uint8 tensors (e.g. decoded by nvJPEG on the GPU) -> NHWC uint8 batch, resized on their device.
-
-    Uses antialiased bicubic interpolation, the same as the processor's torchvision backend.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    out = []
-    mode = TORCH_MODE.get(plan.resample, "bicubic")
-    for img in images:
-        h, w = img.shape[-2:]
-        nw, nh = resized_size(w, h, plan)
-        x = F.interpolate(img.unsqueeze(0).float(), size=(nh, nw), mode=mode, antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255)
-        if plan.crop is not None:
-            left, top, right, bottom = centre_box(nw, nh, plan.crop)
-            x = x[..., top:bottom, left:right]
-        out.append(x.squeeze(0).to(torch.uint8).permute(1, 2, 0))
-    return torch.stack(out)
