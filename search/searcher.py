@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.errors import PixdexError
@@ -117,7 +118,7 @@ class Searcher:
         self._indexed_max = int(info.get("max_id", -1)) if self._index is not None else -1
         self._stale = self._index is not None and not store.index_is_current()
         self._params = dict(info.get("params") or {})
-        self._path_cache: dict[int, list[str]] = {}
+        self._path_cache: dict[int, pa.Array] = {}
         self._scope_cache: dict[tuple, Scope] = {}
         self._path_ids: dict[str, int] | None = None
 
@@ -498,10 +499,11 @@ class Searcher:
         for s in np.unique(shard):
             col = self._shard_paths(int(s))
             for j in np.nonzero(shard == s)[0]:
-                out[j] = col[int(rows[j])]
+                out[j] = col[int(rows[j])].as_py()
         return out
 
-    def _shard_paths(self, s: int) -> list[str]:
+    def _shard_paths(self, s: int):
+        """Shard s's path column (a pyarrow array indexed by row), read once and cached."""
         if s not in self._path_cache:
             info = self.store.manifest["shards"][s]
             try:
@@ -509,16 +511,15 @@ class Searcher:
             except FileNotFoundError:  # rewritten and swept by later writers: ids and paths are unchanged
                 info = Store.open(self.path).manifest["shards"][s]
                 table = _read_columns(self.store.path / info["metadata"], ["id", "path"])
+            col = table.column("path").combine_chunks()
+            ids = table.column("id")
             first = info["first_id"]
-            ids = table["id"].to_pylist()  # (to_numpy would import pandas: ~1 s on the first query)
-            paths = table["path"].to_pylist()
-            if ids == list(range(first, first + info["rows"])):
-                self._path_cache[s] = paths
-            else:  # not laid out by row: index by id
-                col = [""] * info["rows"]
-                for i, p in zip(ids, paths):
-                    col[int(i) - first] = p
-                self._path_cache[s] = col
+            if not (len(col) == info["rows"] and ids[0].as_py() == first and ids[-1].as_py() == first + len(col) - 1):
+                by_row = [""] * info["rows"]  # not laid out by row (never written so): place by id
+                for i, p in zip(ids.to_pylist(), col.to_pylist()):
+                    by_row[int(i) - first] = p
+                col = pa.array(by_row, pa.string())
+            self._path_cache[s] = col
         return self._path_cache[s]
 
 
