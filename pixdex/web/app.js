@@ -148,7 +148,7 @@ $("search-form").addEventListener("submit", (e) => {
   runSearch({ query: q }, `"${q}"`);
 });
 $("more-like").addEventListener("click", () => {
-  if (state.selected !== null) runSearch({ query: `id:${state.selected}` }, `more like #${state.selected}`);
+  if (state.selected !== null) runSearch({ id: Number(state.selected) }, `more like #${state.selected}`);
 });
 $("image-input").addEventListener("change", (e) => { if (e.target.files[0]) searchImage(e.target.files[0]); });
 $("image-label").addEventListener("keydown", (e) => {
