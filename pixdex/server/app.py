@@ -11,7 +11,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Path as PathParam, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -78,14 +79,7 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
     async def search_post(request: Request) -> dict:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            form = await request.form()
-            upload = form.get("image")
-            if upload is None or not hasattr(upload, "read"):
-                raise PixdexError("multipart search needs an 'image' file field")
-            data = await upload.read(limits.max_upload_bytes + 1)
-            if len(data) > limits.max_upload_bytes:
-                return error(413, f"image upload exceeds the {limits.max_upload_bytes} byte limit")
-            image = load_image_input(data, max_pixels=limits.max_image_pixels)
+            form, upload, image = await _uploaded_image(request, limits)
             k = _int(form.get("k"), 10, "k")
             with lock:
                 hits = service.search_image(image, k, form.get("where") or None, _float(form.get("threshold")))
@@ -98,15 +92,8 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
     async def classify(request: Request) -> dict:
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            form = await request.form()
-            upload = form.get("image")
-            if upload is None or not hasattr(upload, "read"):
-                raise PixdexError("multipart classify needs an 'image' file field")
-            data = await upload.read(limits.max_upload_bytes + 1)
-            if len(data) > limits.max_upload_bytes:
-                return error(413, f"image upload exceeds the {limits.max_upload_bytes} byte limit")
+            form, _, image = await _uploaded_image(request, limits)
             labels = [s.strip() for s in str(form.get("labels") or "").split(",") if s.strip()]
-            image = load_image_input(data, max_pixels=limits.max_image_pixels)
             with lock:
                 return service.classify_image(image, labels, form.get("template") or None)
         body = await _json(request)
@@ -146,10 +133,26 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
     return app
 
 
+class UploadTooLarge(PixdexError):
+    status = 413
+
+
+async def _uploaded_image(request: Request, limits: Limits):
+    """(form, upload, RGB image) from a multipart request's `image` field, within the size limits."""
+    form = await request.form()
+    upload = form.get("image")
+    if upload is None or not hasattr(upload, "read"):
+        raise PixdexError("multipart request needs an 'image' file field")
+    data = await upload.read(limits.max_upload_bytes + 1)
+    if len(data) > limits.max_upload_bytes:
+        raise UploadTooLarge(f"image upload exceeds the {limits.max_upload_bytes} byte limit")
+    return form, upload, load_image_input(data, max_pixels=limits.max_image_pixels)
+
+
 async def _json(request: Request) -> dict:
     try:
         body = await request.json()
-    except Exception:
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
         raise PixdexError("request body must be JSON (or multipart/form-data with an image)") from None
     if not isinstance(body, dict):
         raise PixdexError("request body must be a JSON object")
