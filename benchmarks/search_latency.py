@@ -352,13 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sizes = [100_000] if args.quick else [int(s) for s in (args.sizes or "100000,1000000").split(",") if s]
+    sizes_arg = "100000,1000000" if args.sizes is None else args.sizes
+    sizes = [100_000] if args.quick else [int(s) for s in sizes_arg.split(",") if s.strip()]
     kinds = args.kinds.split(",")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "sizes": {}}
-    print(f"# search latency benchmark\n{report['machine']}\n{report['date']}\n")
+    print(f"# search latency benchmark\n{report['machine']}\n{report['date']}\n", flush=True)
     mix = Mixture(0)
     queries = mix.sample(args.queries, seed=12345)
     encoder = vit_b32(work)  # the stores are "made" with it, so a text query can open them for real
