@@ -242,13 +242,18 @@ class Store:
         return self.path / name if name else None
 
     def load_index(self):
-        """The FAISS index, memory-mapped where the index type allows it (IVF)."""
+        """The FAISS index, memory-mapped read-only: IO_FLAG_MMAP_IFC maps vectors, codes and IVF lists
+        in place, so opening reads nothing up front and searches run at in-RAM speed (plain IO_FLAG_MMAP's
+        mapped IVF lists measured 20-50x slower per query). Older faiss: IVF with IO_FLAG_MMAP."""
         import faiss
 
         path = self.index_path()
         if path is None:
             raise PixdexError(f"store {self.path} has no index yet (run pixdex index again)")
-        if self.index_info.get("type", "").startswith("ivf"):
+        ifc = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
+        if ifc is not None:
+            index = faiss.read_index(str(path), ifc | faiss.IO_FLAG_READ_ONLY)
+        elif self.index_info.get("type", "").startswith("ivf"):
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         else:
             index = faiss.read_index(str(path))

@@ -105,7 +105,7 @@ class Searcher:
             index = None
             if store.index_info.get("file"):
                 try:
-                    index = _load_index(store)
+                    index = store.load_index()
                 except (RuntimeError, OSError):
                     if store.index_path().exists() or attempt == 4:
                         raise
@@ -580,22 +580,6 @@ def _read_columns(path: Path, columns: list[str]):
     """Columns of one parquet file (ParquetFile, unlike read_table, does not import pandas: ~1 s)."""
     with pq.ParquetFile(path) as f:
         return f.read(columns=columns)
-
-
-def _load_index(store: Store):
-    """The store's FAISS index, memory-mapped read-only with IO_FLAG_MMAP_IFC (vectors, codes and IVF
-    lists mapped in place): opening a million-vector store reads nothing up front, and searches run at
-    in-RAM speed (IO_FLAG_MMAP's mapped IVF lists measured 20-50x slower per query)."""
-    import faiss
-
-    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
-    if flag is None:  # faiss < 1.9
-        return store.load_index()
-    index = faiss.read_index(str(store.index_path()), flag | faiss.IO_FLAG_READ_ONLY)
-    from indexer.faiss_index import apply_search_params
-
-    apply_search_params(index, store.index_info.get("params") or {})
-    return index
 
 
 _THREADS_LOCK = threading.Lock()

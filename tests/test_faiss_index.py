@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,16 +142,21 @@ def test_hnsw_is_rebuilt_when_rows_are_removed(tmp_path):
     assert record["type"] == "hnsw" and record["how"] == "built" and record["ntotal"] == 1497
 
 
-def test_ivf_index_opens_memory_mapped(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "flat"])
+def test_index_opens_memory_mapped(tmp_path, kind):
     import faiss
 
     path = tmp_path / "s"
     fill(path, 2000, seed=0)
-    index_now(path, "ivf")
+    index_now(path, kind)
     store = Store.open(path)
     index = store.load_index()
-    invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
-    assert isinstance(invlists, faiss.OnDiskInvertedLists)  # lists are read from the mapped file
+    maps = Path("/proc/self/maps").read_text()
+    assert str(store.index_path()) in maps  # vectors/lists are read from the mapped file, not copied
+    if kind == "flat":
+        ids, vecs = store.embeddings()
+        assert index.search(vecs[:5], 1)[1][:, 0].tolist() == ids[:5].tolist()
+        return
     assert faiss.extract_index_ivf(index).nprobe == store.index_info["params"]["nprobe"]
     ids, vecs = store.embeddings()
     assert index.search(vecs[:5], 1)[1][:, 0].tolist() == ids[:5].tolist()
