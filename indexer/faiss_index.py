@@ -138,8 +138,19 @@ def hnsw_of(index):
     return getattr(inner, "hnsw", None)
 
 
+def index_family(kind: str | None) -> str | None:
+    """How an index type searches: sharded IVF-PQ builds (on-disk or parts) behave as ivfpq."""
+    return "ivfpq" if kind in ("ivfpq-ondisk", "ivfpq-parts") else kind
+
+
 def apply_search_params(index, params: dict) -> None:
-    """Set nprobe / efSearch as recorded in the manifest."""
+    """Set nprobe / efSearch as recorded in the manifest (on every part of an IndexShards)."""
+    import faiss
+
+    if isinstance(index, faiss.IndexShards):
+        for i in range(index.count()):
+            apply_search_params(index.at(i), params)
+        return
     if "nprobe" in params and (ivf := ivf_of(index)) is not None:
         ivf.nprobe = int(params["nprobe"])
     if "efSearch" in params and (h := hnsw_of(index)) is not None:
@@ -200,7 +211,7 @@ def tune_params(index, queries: np.ndarray, truth: np.ndarray, spec: IndexSpec,
     if spec.type == "hnsw":
         name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
     else:
-        nlist = ivf_of(index).nlist
+        nlist = spec.nlist or ivf_of(index).nlist
         name, values = "nprobe", sorted({v for v in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, nlist] if v <= nlist})
     best = None
     for v in values:

@@ -46,7 +46,7 @@ ERROR_SCHEMA = pa.schema(
 )
 BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
 # Files a writer owns (and may sweep when no manifest names them); anything else in the folder is left alone.
-OWNED = re.compile(r"^(\.tmp-.*|index-\d+\.faiss|deleted-\d+\.npy|errors-\d+\.parquet|"
+OWNED = re.compile(r"^(\.tmp-.*|index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
                    r"shards/.*|tags/.*)$")
 
 
@@ -250,6 +250,14 @@ class Store:
         path = self.index_path()
         if path is None:
             raise PixdexError(f"store {self.path} has no index yet (run pixdex index again)")
+        from indexer.faiss_index import apply_search_params
+
+        if self.index_info.get("type", "") in ("ivfpq-ondisk", "ivfpq-parts"):
+            from indexer.sharded_index import load_sharded
+
+            index = load_sharded(self)
+            apply_search_params(index, self.index_info.get("params") or {})
+            return index
         ifc = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
         if ifc is not None:
             index = faiss.read_index(str(path), ifc | faiss.IO_FLAG_READ_ONLY)
@@ -257,8 +265,6 @@ class Store:
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         else:
             index = faiss.read_index(str(path))
-        from indexer.faiss_index import apply_search_params
-
         apply_search_params(index, self.index_info.get("params") or {})
         return index
 
@@ -500,6 +506,7 @@ class StoreWriter:
                 names.add(m[key])
         if (m.get("index") or {}).get("file"):
             names.add(m["index"]["file"])
+            names.update(m["index"].get("files") or [])  # sharded indexes: parts or the .ivfdata file
         names.update((m.get("tags") or {}).values())
         return names
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.errors import PixdexError
+from indexer.faiss_index import index_family, ivf_of
 from indexer.store import Store
 from search.filters import parse_filter, path_mask
 from search.query import Query, Term, as_query
@@ -114,7 +115,7 @@ class Searcher:
         self.store = store
         self._index = index if index is not None and index.ntotal > 0 else None
         info = store.index_info
-        self.index_type = info.get("type") if self._index is not None else None
+        self.index_type = index_family(info.get("type")) if self._index is not None else None
         self._indexed_max = int(info.get("max_id", -1)) if self._index is not None else -1
         self._stale = self._index is not None and not store.index_is_current()
         self._params = dict(info.get("params") or {})
@@ -387,9 +388,7 @@ class Searcher:
             ef = max(math.ceil(int(self._params.get("efSearch", 16)) * widen), depth)
             return faiss.SearchParametersHNSW(sel=selector, efSearch=min(ef, MAX_EF))
         if kind in ("ivf", "ivfpq"):
-            from indexer.faiss_index import ivf_of
-
-            nlist = ivf_of(self._index).nlist
+            nlist = int(self.store.index_info.get("nlist") or ivf_of(self._index).nlist)
             nprobe = min(nlist, math.ceil(int(self._params.get("nprobe", 1)) * widen))
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return faiss.SearchParameters(sel=selector) if selector is not None else None

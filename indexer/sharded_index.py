@@ -1,0 +1,256 @@
+"""Sharded IVF-PQ builds for stores too large to index in one process: train, fill parts, merge on disk.
+
+An IVF-PQ is trained on a sample; runs of the store's embedding shards are added to copies of it in
+parallel tasks (processes here, Ray tasks with ``--engine ray``), each writing an index *part*; the
+parts' inverted lists are then merged by FAISS's ``merge_ondisk`` into one ``.ivfdata`` file that the
+index file names. It is opened with ``IO_FLAG_ONDISK_SAME_DIR`` (the file is looked up beside the
+index, so a copied or moved store keeps working) and searched straight from the page cache. Kept
+unmerged (``merge=False``), the parts are memory-mapped and searched together as one ``IndexShards``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from indexer.atomic import write_atomic
+from indexer.faiss_index import IndexSpec, tune_params
+from indexer.store import Store, StoreWriter
+
+ONDISK = "ivfpq-ondisk"  # one index file + one .ivfdata file with every inverted list
+PARTS = "ivfpq-parts"  # several part files searched together through IndexShards
+SHARDED_TYPES = (ONDISK, PARTS)
+DEFAULT_MEMORY = 4 << 30  # bytes a sharded build may use when no --max-index-memory is given
+ADD_BATCH = 65_536  # rows per add_with_ids call (float32 copy of one batch: 128 MiB at 512 dims)
+
+
+@dataclass(frozen=True)
+class ShardedPlan:
+    """How a sharded build will run: the index, its training sample, the parts and the memory they take."""
+
+    spec: IndexSpec
+    train_rows: int
+    parts: list[list[int]]  # store shard numbers held by each part, in order
+    workers: int
+    add_batch: int
+    memory_per_worker: int  # bytes: coarse centroids + one float32 batch + the part's codes and ids
+    memory_budget: int
+    reason: str
+
+
+def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = None, workers: int | None = None,
+                 nlist: int | None = None, pq_m: int | None = None) -> ShardedPlan:
+    """Choose the sharded IVF-PQ and how to split its build so every process stays within the budget.
+
+    - nlist ~ 4*sqrt(n) (as choose_index), capped at n/39 so each centroid trains on ~39 points.
+    - PQ code: dim/8 bytes (64 for 512 dims; at least 16 or dim/2 for small dims), 8-bit: ~72 bytes/vector with its id, recall restored
+      at query time by exact re-scoring from the stored embeddings.
+    - training sample: 39 points per centroid (at least 256*39 for the PQ codebooks), at most a
+      quarter of the budget as float32.
+    - parts: consecutive runs of shards, each small enough that centroids + one float32 batch + the
+      part's codes fit budget/workers; at least one part per worker so the cores are all used.
+    """
+    n = int(sum(shard_rows))
+    budget = int(max_memory or DEFAULT_MEMORY)
+    workers = max(1, int(workers or min(8, os.cpu_count() or 1)))
+    if nlist is None:
+        nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
+        nlist = max(1, min(nlist, n // 39 or 1))
+    m = pq_m or max(dim // 8, min(dim // 2, 16), 1)
+    while dim % m:
+        m -= 1
+    code = m + 8
+    train_rows = min(n, max(39 * nlist, 256 * 39), max(1, budget // 4 // (4 * dim)))
+    add_batch = max(1024, min(ADD_BATCH, budget // 8 // workers // (4 * dim * 3)))
+    fixed = nlist * dim * 4 + add_batch * dim * 4 * 3
+    per_part = max(1, (budget // workers - fixed) // code)
+    want = max(workers, math.ceil(n / per_part)) if n else 1
+    target = max(1, math.ceil(n / want))
+    parts: list[list[int]] = [[]]
+    rows_in = 0
+    for k, rows in enumerate(shard_rows):
+        if parts[-1] and rows_in + rows > target:
+            parts.append([])
+            rows_in = 0
+        parts[-1].append(k)
+        rows_in += rows
+    biggest = max((sum(shard_rows[k] for k in p) for p in parts), default=0)
+    spec = IndexSpec(ONDISK, f"IVF{nlist},PQ{m}", nlist, m,
+                     reason=f"sharded build: {len(parts)} parts over {workers} workers, PQ{m} "
+                            f"(~{code} bytes/vector), inverted lists on disk")
+    return ShardedPlan(spec, int(train_rows), parts, workers, int(add_batch), int(fixed + biggest * code), budget,
+                       spec.reason)
+
+
+# ---- the tasks --------------------------------------------------------------------------------
+def fill_part(store_path: str, manifest: dict, shards: list[int], trained_path: str, out_path: str,
+              add_batch: int, threads: int = 1) -> dict:
+    """Add the live rows of `shards` to a copy of the trained index and write it to out_path.
+
+    Runs in a worker process or Ray task; returns the part's row count, seconds and peak RSS.
+    """
+    import faiss
+
+    t0 = time.perf_counter()
+    faiss.omp_set_num_threads(threads)
+    store = Store(store_path, manifest)
+    index = faiss.read_index(trained_path)
+    deleted = store.deleted_ids
+    for k in shards:
+        ids_all = store.shard_ids(k)
+        emb = store.shard_embeddings(k)
+        for start in range(0, len(ids_all), add_batch):
+            ids = ids_all[start : start + add_batch]
+            vecs = np.asarray(emb[start : start + add_batch], dtype=np.float32)
+            if len(deleted):
+                keep = ~np.isin(ids, deleted)
+                ids, vecs = ids[keep], vecs[keep]
+            if len(ids):
+                index.add_with_ids(np.ascontiguousarray(vecs), np.ascontiguousarray(ids))
+    write_atomic(out_path, lambda p: faiss.write_index(index, str(p)))
+    return {"rows": int(index.ntotal), "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _fill_part_args(args: tuple) -> dict:
+    return fill_part(*args)
+
+
+Runner = Callable[[Callable[[tuple], dict], list[tuple], int], list[dict]]
+
+
+def process_runner(fn: Callable[[tuple], dict], jobs: list[tuple], workers: int) -> list[dict]:
+    """Run jobs in `workers` spawned processes (one FAISS thread each), in order."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(fn, jobs))
+
+
+# ---- the build --------------------------------------------------------------------------------
+def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memory: int | None = None,
+                  workers: int | None = None, merge: bool = True, runner: Runner | None = None,
+                  log: Callable[[str], None] = print, seed: int = 0) -> dict:
+    """Build the committed rows' index by parts and record it in the manifest; returns the record."""
+    import faiss
+
+    snap = writer.snapshot()
+    if snap.count == 0:
+        raise ValueError("a sharded index needs at least one stored vector")
+    shard_rows = [s["rows"] for s in snap.manifest["shards"]]
+    plan = plan or plan_sharded(shard_rows, snap.dim, max_memory, workers)
+    spec = plan.spec
+    gen = snap.manifest["generation"] + 1
+    base = f"index-{gen:06d}"
+    t0 = time.perf_counter()
+    log(f"pixdex index: sharded {spec.factory} over {snap.count} vectors: training on {plan.train_rows}, "
+        f"{len(plan.parts)} parts, {plan.workers} workers, ~{plan.memory_per_worker / 2**20:.0f} MiB per worker")
+    trained = _train(snap, spec, plan.train_rows, seed)
+    trained_path = writer.path / f".tmp-{base}-trained.faiss"
+    faiss.write_index(trained, str(trained_path))
+    t_train = time.perf_counter() - t0
+    part_names = [f"{base}-part-{i:04d}.faiss" for i in range(len(plan.parts))]
+    jobs = [(str(writer.path), snap.manifest, shards, str(trained_path), str(writer.path / name), plan.add_batch)
+            for shards, name in zip(plan.parts, part_names)]
+    results = (runner or process_runner)(_fill_part_args, jobs, plan.workers)
+    t_add = time.perf_counter() - t0 - t_train
+    files = list(part_names)
+    if merge:
+        from faiss.contrib.ondisk import merge_ondisk
+
+        ivfdata = f"{base}.ivfdata"
+        index = faiss.read_index(str(trained_path))
+        with faiss_chatter_to_stderr():
+            merge_ondisk(index, [str(writer.path / p) for p in part_names], str(writer.path / ivfdata))
+        write_atomic(writer.path / f"{base}.faiss", lambda p: faiss.write_index(index, str(p)))
+        for p in part_names:
+            (writer.path / p).unlink()
+        files, kind = [ivfdata], ONDISK
+    else:
+        kind = PARTS
+    trained_path.unlink()
+    t_merge = time.perf_counter() - t0 - t_train - t_add
+    record = {"type": kind, "factory": spec.factory, "nlist": spec.nlist, "pq_m": spec.pq_m, "reason": spec.reason,
+              "file": f"{base}.faiss" if merge else part_names[0], "files": files,
+              "ntotal": int(sum(r["rows"] for r in results)), "trained_on": plan.train_rows,
+              "rows": snap.manifest["counts"]["rows"], "deleted": len(snap.deleted_ids),
+              "max_id": int(snap.manifest["next_id"]) - 1, "how": "built", "requested": "sharded",
+              "plan": {"parts": len(plan.parts), "workers": plan.workers, "memory_per_worker": plan.memory_per_worker,
+                       "memory_budget": plan.memory_budget},
+              "timings": {"train": round(t_train, 2), "add": round(t_add, 2), "merge": round(t_merge, 2)},
+              "peak_rss_worker": max(r["peak_rss"] for r in results)}
+    writer.set_index({**record, "params": {}, "recall_at_10": None})
+    tuned = _tune(writer, spec, log)
+    record.update(params=tuned.params, recall_at_10=round(tuned.recall_at_10, 4),
+                  search_ms_per_query=round(tuned.search_ms, 4), build_seconds=round(time.perf_counter() - t0, 3))
+    writer.set_index(record)
+    return record
+
+
+def _train(snap: Store, spec: IndexSpec, rows: int, seed: int):
+    """The empty IVF-PQ trained on `rows` stored vectors picked at random."""
+    from indexer.faiss_index import new_index
+
+    index = new_index(IndexSpec("ivfpq", spec.factory, spec.nlist, spec.pq_m), snap.dim)
+    ids = snap.ids()
+    pick = np.sort(np.random.default_rng(seed).choice(ids, min(rows, len(ids)), replace=False))
+    index.train(snap.vectors(pick))
+    return index
+
+
+def _tune(writer: StoreWriter, spec: IndexSpec, log: Callable[[str], None]):
+    """Smallest nprobe reaching the target recall@10 on noisy stored vectors (exact truth, bounded memory)."""
+    from indexer.index_build import _recall_sample
+
+    snap = Store(writer.path, writer.manifest)
+    queries, truth = _recall_sample(snap, "ivfpq")
+    index = load_sharded(snap)
+    return tune_params(index, queries, truth, IndexSpec("ivfpq", spec.factory, spec.nlist, spec.pq_m))
+
+
+@contextlib.contextmanager
+def faiss_chatter_to_stderr() -> Iterator[None]:
+    """Send what FAISS's C++ code prints to stdout (on-disk list notices) to stderr, so --json output stays clean."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# ---- opening ----------------------------------------------------------------------------------
+def load_sharded(store: Store):
+    """Open a sharded index: the merged on-disk one, or the parts as one IndexShards."""
+    import faiss
+
+    info = store.index_info
+    if info["type"] == ONDISK:
+        with faiss_chatter_to_stderr():
+            return faiss.read_index(str(store.path / info["file"]), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
+    shards = faiss.IndexShards(store.dim, True, False)  # threaded, ids kept as stored
+    for name in info["files"]:
+        shards.add_shard(faiss.read_index(str(store.path / name), flag))
+    return shards
+
+
+def plan_dict(plan: ShardedPlan) -> dict:
+    """The plan as plain data (for --json and benchmarks)."""
+    return {**asdict(plan), "spec": asdict(plan.spec)}
