@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "sharded", "sharded-parts")
+SHARDED_KINDS = ("sharded", "sharded-parts")  # built by indexer.sharded_index (on disk / as IndexShards parts)
 EXACT_LIMIT = 100_000  # below this, exact search costs a few ms: no reason to approximate
 HNSW_LIMIT = 2_000_000  # above this, HNSW's build time and link memory stop paying off
 HNSW_M = 32
@@ -54,7 +55,7 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "a
     honoured as asked (flat/hnsw/ivf/ivfpq) with sizes chosen the same way; ivfpq needs at least
     MIN_PQ_TRAIN vectors to train its codebooks and falls back to IVF-Flat below that.
     """
-    if kind not in INDEX_TYPES:
+    if kind not in INDEX_TYPES or kind in SHARDED_KINDS:
         raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
     nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
     nlist = max(1, min(nlist, n // 39 or 1))

@@ -14,6 +14,8 @@ import numpy as np
 
 from indexer.atomic import write_atomic
 from indexer.faiss_index import (
+    MIN_PQ_TRAIN,
+    SHARDED_KINDS,
     TARGET_RECALL,
     IndexSpec,
     choose_index,
@@ -52,16 +54,32 @@ def stored_spec(info: dict) -> IndexSpec:
 
 
 def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None = None,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, engine: str = "local") -> dict:
     """Bring the index up to date with the committed rows; returns the manifest's index record.
 
     `kind` auto keeps the type the store's index was explicitly built with (e.g. an earlier --index ivf).
+    sharded / sharded-parts rebuild by parts (indexer.sharded_index) whenever the rows changed; with
+    engine="ray" the parts are Ray tasks.
     """
     snap = writer.snapshot()
     info = snap.index_info
     requested = kind if kind != "auto" else info.get("requested", "auto")
     n = snap.count
-    spec = choose_index(n, snap.dim, max_memory, requested) if n else IndexSpec("flat", "Flat", reason="empty store")
+    if requested in SHARDED_KINDS and n >= MIN_PQ_TRAIN // 39:  # 16 vectors train 4-bit PQ codebooks
+        if snap.index_is_current() and info.get("requested") == requested:
+            return writer.manifest["index"]
+        from indexer.sharded_index import build_sharded, process_runner
+
+        if engine == "ray":
+            from indexer.ray_engine import ray_runner as runner
+        else:
+            runner = process_runner
+        record = build_sharded(writer, max_memory=max_memory, merge=requested == "sharded", runner=runner, log=log)
+        record["requested"] = requested
+        writer.set_index(record)
+        return record
+    choice = "auto" if requested in SHARDED_KINDS else requested  # too few vectors for a sharded build
+    spec = choose_index(n, snap.dim, max_memory, choice) if n else IndexSpec("flat", "Flat", reason="empty store")
     if snap.index_is_current() and spec.type == info.get("type"):
         if requested != info.get("requested", "auto"):
             writer.set_index({**info, "requested": requested})
@@ -76,7 +94,7 @@ def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None
         tuned = tune_params(index, queries, truth, spec) if n else None
         if tuned and tuned.recall_at_10 < TARGET_RECALL <= info.get("recall_at_10", 0):
             why = f"recall@10 fell to {tuned.recall_at_10:.3f} after adding vectors: rebuilding"
-            spec = choose_index(n, snap.dim, max_memory, requested)
+            spec = choose_index(n, snap.dim, max_memory, choice)
     if why is not None:
         if n:
             log(f"pixdex index: building {spec.factory} index over {n} vectors ({why}; {spec.reason})")

@@ -27,6 +27,7 @@ from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
 from indexer.models import DEFAULT_MODEL
 from indexer.pixels import plan_for, resize_crop
+from indexer.remote import local_path, store_path
 from indexer.sources import SourceItem, check_source, item_bytes, iter_sources
 from indexer.store import Store, StoreWriter
 
@@ -138,7 +139,8 @@ def prepare(item: SourceItem) -> dict:
     Content already stored under a path that is gone (a rename) is only hashed, not decoded.
     """
     try:
-        data = item.data if item.data is not None else read_file(item.key)
+        data = item_bytes(item)
+        data = data if data is not None else read_file(item.key)
         digest = hashlib.sha256(data).hexdigest()
         if digest in _WORKER["skip"]:
             return {"sha256": digest, "bytes": len(data)}
@@ -161,7 +163,7 @@ def _prepare_chunk(items: list[SourceItem]) -> list[dict]:
 
 def _with_bytes(chunk: list[SourceItem]) -> list[SourceItem]:
     """Dataset rows get their bytes attached just before decoding (so memory stays bounded)."""
-    return [replace(i, data=item_bytes(i)) if i.dataset is not None else i for i in chunk]
+    return [replace(i, data=item_bytes(i)) if i.dataset is not None else i for i in chunk]  # tar/URL: in workers
 
 
 def prepared_stream(items: list[SourceItem], workers: int, encoder: Encoder, max_pixels: int | None,
@@ -211,9 +213,11 @@ class _Batcher:
         self.to_encode = 0
         self.encoded = 0
 
-    def add(self, row: dict, pixels: dict | None = None, vector: np.ndarray | None = None) -> None:
+    def add(self, row: dict, pixels: dict | None = None, vector: np.ndarray | None = None, fresh: bool = False) -> None:
+        """Queue a row with its pixels to encode, or its vector (fresh: just encoded elsewhere, e.g. by Ray)."""
         self.queue.append((row, pixels, vector))
-        self.to_encode += pixels is not None
+        self.to_encode += pixels is not None or fresh
+        self.encoded += fresh
         if self.to_encode >= self.batch_size or len(self.queue) >= 4 * self.batch_size:
             self.flush()
 
@@ -259,6 +263,9 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
         if reuse is not None:
             batcher.add(row, vector=snap.vectors([reuse.id])[0])
             summary.reused += old is None
+        elif "embedding" in prep:  # embedded by the Ray engine's actors
+            batcher.add(row, vector=prep["embedding"], fresh=True)
+            summary.indexed += old is None
         else:
             batcher.add(row, pixels=prep["pixels"])
             summary.indexed += old is None
@@ -278,10 +285,15 @@ def index_collection(
     shard_rows: int = 4096,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    gpus_per_worker: float = 0.0,
 ) -> IndexSummary:
     """Index `sources` into `store` (created if missing) and bring its FAISS index up to date.
 
     Files that cannot be decoded go to the store's error table; the job carries on. Returns the summary.
+    engine="ray" decodes and embeds on a Ray cluster (`workers` embedding actors with `gpus_per_worker`
+    GPUs each; a local cluster when no `ray_address`) and builds a sharded index's parts as Ray tasks.
     """
     log = log or (lambda m: tqdm.write(m, file=sys.stderr))
     specs = [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
@@ -291,25 +303,36 @@ def index_collection(
         raise PixdexError(f"unknown index type {index!r}; choose one of {', '.join(INDEX_TYPES)}")
     if batch_size < 1:
         raise PixdexError(f"batch size must be at least 1 (got {batch_size})")
+    if engine not in ("local", "ray"):
+        raise PixdexError(f"unknown engine {engine!r}; choose local or ray")
     for spec in specs:
         check_source(spec)
     t0 = time.perf_counter()
-    encoder = model if isinstance(model, Encoder) else Encoder(model, device=device)
+    # with Ray the driver only needs the model's facts (name, fingerprint, processor): the actors embed
+    encoder = model if isinstance(model, Encoder) else Encoder(model, device="cpu" if engine == "ray" else device)
     summary = IndexSummary(store=str(store))
-    with StoreWriter(store, encoder.info, shard_rows=shard_rows) as writer:
+    with StoreWriter(store_path(store), encoder.info, shard_rows=shard_rows) as writer:
         snap = writer.snapshot()
         by_path = stored_rows(snap)
         by_hash = {row.sha256: row for row in by_path.values()}
         items = list(iter_sources(specs, include_hidden, warn=log))
-        roots = {i.root for i in items} | {os.path.abspath(s) for s in specs if os.path.exists(s)}
+        roots = {i.root for i in items} | {os.path.abspath(local_path(s)) for s in specs
+                                           if os.path.exists(local_path(s))}
         plan = plan_work(items, by_path, writer.error_paths(), roots)
         summary.unchanged = plan.unchanged
-        workers = default_workers(encoder) if workers is None else workers
+        if engine == "local":
+            workers = default_workers(encoder) if workers is None else workers
         bar = tqdm(total=len(plan.work), unit="img", desc="indexing", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
         batcher = _Batcher(encoder, writer, batch_size, bar)
         t_enc = time.perf_counter()
-        stream = prepared_stream(plan.work, workers, encoder, max_pixels, 4 * batch_size, plan.gone_hashes)
+        if engine == "ray":
+            from indexer.ray_engine import ray_prepared_stream
+
+            stream = ray_prepared_stream(plan.work, encoder, max_pixels, plan.gone_hashes, batch_size, workers,
+                                         gpus_per_worker, ray_address, device, log)
+        else:
+            stream = prepared_stream(plan.work, workers, encoder, max_pixels, 4 * batch_size, plan.gone_hashes)
         try:
             _consume(stream, plan, writer, batcher, by_hash, snap, summary, bar, log)
         finally:
@@ -321,7 +344,7 @@ def index_collection(
         writer.forget_errors(plan.gone_paths)
         summary.removed = len(plan.gone)
         writer.commit()
-        summary.index = update_index(writer, index, max_index_memory, log=log)
+        summary.index = update_index(writer, index, max_index_memory, log=log, engine=engine)
         writer.commit()
         summary.count = writer.snapshot().count
         summary.encoded = batcher.encoded

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from indexer.atomic import write_atomic
-from indexer.faiss_index import IndexSpec, tune_params
+from indexer.faiss_index import IndexSpec, pq_bits, tune_params
 from indexer.store import Store, StoreWriter
 
 ONDISK = "ivfpq-ondisk"  # one index file + one .ivfdata file with every inverted list
@@ -52,7 +52,8 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
     """Choose the sharded IVF-PQ and how to split its build so every process stays within the budget.
 
     - nlist ~ 4*sqrt(n) (as choose_index), capped at n/39 so each centroid trains on ~39 points.
-    - PQ code: dim/8 bytes (64 for 512 dims; at least 16 or dim/2 for small dims), 8-bit: ~72 bytes/vector with its id, recall restored
+    - PQ code: dim/8 bytes (64 for 512 dims; at least 16 or dim/2 for small dims), 8-bit (fewer bits
+      below ~10k vectors, as pq_bits): ~72 bytes/vector with its id, recall restored
       at query time by exact re-scoring from the stored embeddings.
     - training sample: 39 points per centroid (at least 256*39 for the PQ codebooks), at most a
       quarter of the budget as float32.
@@ -68,7 +69,8 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
     m = pq_m or max(dim // 8, min(dim // 2, 16), 1)
     while dim % m:
         m -= 1
-    code = m + 8
+    nbits = pq_bits(n)
+    code = m * nbits // 8 + 8
     train_rows = min(n, max(39 * nlist, 256 * 39), max(1, budget // 4 // (4 * dim)))
     add_batch = max(1024, min(ADD_BATCH, budget // 8 // workers // (4 * dim * 3)))
     fixed = nlist * dim * 4 + add_batch * dim * 4 * 3
@@ -84,8 +86,9 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
         parts[-1].append(k)
         rows_in += rows
     biggest = max((sum(shard_rows[k] for k in p) for p in parts), default=0)
-    spec = IndexSpec(ONDISK, f"IVF{nlist},PQ{m}", nlist, m,
-                     reason=f"sharded build: {len(parts)} parts over {workers} workers, PQ{m} "
+    pq = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"
+    spec = IndexSpec(ONDISK, f"IVF{nlist},{pq}", nlist, m,
+                     reason=f"sharded build: {len(parts)} parts over {workers} workers, {pq} "
                             f"(~{code} bytes/vector), inverted lists on disk")
     return ShardedPlan(spec, int(train_rows), parts, workers, int(add_batch), int(fixed + biggest * code), budget,
                        spec.reason)

@@ -4,6 +4,8 @@ Source specs:
     DIR                 a folder, walked recursively (images found by content, not only by extension)
     FILE.txt            a text file of paths, one per line ('#' comments; relative to the file's folder)
     IMAGE               a single image file
+    FILE.tar            a WebDataset tar shard (members read by offset; .txt/.cls/.json sidecars -> columns)
+    URL                 any fsspec URL (s3://, gs://, file://, ...) of a folder, tar shard or image
     DIR (save_to_disk)  a dataset saved with `datasets`' save_to_disk (first split of a DatasetDict)
     FILE.parquet        parquet file(s) with an Image column (also `parquet:GLOB`)
     imagefolder:DIR     a `datasets` imagefolder (metadata.csv/jsonl columns become metadata)
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from indexer.decode import looks_like_image
 from indexer.errors import PixdexError
+from indexer.remote import check_url, is_tar, is_url, iter_tar, iter_url, local_path, read_member, read_url
 
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # Dataset columns that would clash with the store's own columns are stored under this prefix.
@@ -40,6 +43,8 @@ class SourceItem:
     sha256: str | None = None  # content hash when known at scan time (dataset rows)
     dataset: str | None = None  # dataset rows: the source spec and row to read the bytes from
     row: int = -1
+    container: str | None = None  # tar members: the archive (path or URL) and the member's data offset
+    offset: int = -1
 
 
 Warn = Callable[[str], None]
@@ -132,6 +137,10 @@ def read_path_list(list_file: Path) -> list[Path]:
 
 def check_source(spec: str) -> None:
     """Raise PixdexError now (before any model loads) when a source cannot exist."""
+    spec = local_path(spec)
+    if is_url(spec):
+        check_url(spec)
+        return
     if spec.startswith(("imagefolder:", "parquet:")):
         target = spec.split(":", 1)[1]
         if spec.startswith("imagefolder:") and not Path(target).expanduser().is_dir():
@@ -144,6 +153,13 @@ def check_source(spec: str) -> None:
 def iter_source(spec: str, include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
     """Items of one source: a folder, a path-list file, an image file, or a `datasets` dataset."""
     check_source(spec)
+    spec = local_path(spec)
+    if is_url(spec):
+        yield from iter_url(spec)
+        return
+    if is_tar(spec) and Path(spec).expanduser().is_file():
+        yield from iter_tar(spec)
+        return
     if is_dataset_spec(spec):
         yield from iter_dataset(spec, warn)
         return
@@ -257,9 +273,19 @@ def item_bytes(item: SourceItem) -> bytes | None:
     """The bytes of an item that is not a plain file (None: read item.key from disk)."""
     if item.data is not None:
         return item.data
+    if item.container is not None:
+        return read_member(item.container, item.offset, item.size)
     if item.dataset is not None:
+        if item.dataset not in _OPEN_DATASETS:  # a worker of another process (Ray): open it here
+            import datasets
+
+            ds, _ = load_dataset_source(item.dataset)
+            col = next(n for n, f in ds.features.items() if isinstance(f, datasets.Image))
+            _OPEN_DATASETS[item.dataset] = (ds.cast_column(col, datasets.Image(decode=False)), col)
         ds, col = _OPEN_DATASETS[item.dataset]
         return _image_bytes(ds[item.row][col])
+    if is_url(item.key):
+        return read_url(item.key)
     return None
 
 

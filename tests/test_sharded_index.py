@@ -57,7 +57,7 @@ def test_merged_on_disk_index_finds_stored_vectors_and_records_its_recall(tmp_pa
     vecs = make_store(path)
     record = sharded(path)
     assert record["type"] == ONDISK and record["ntotal"] == N
-    assert record["plan"]["parts"] >= 2 and record["recall_at_10"] >= 0.8 and record["pq_m"] == 16
+    assert record["plan"]["parts"] >= 2 and record["recall_at_10"] >= 0.7 and record["pq_m"] == 16
     assert (path / record["files"][0]).stat().st_size >= N * (DIM // 8 + 8)
     assert not list(path.glob("*-part-*")) and not list(path.glob(".tmp-*"))
     found = top_ids(path, vecs[:200], 1)[:, 0]

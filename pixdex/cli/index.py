@@ -16,12 +16,23 @@ def register(sub) -> None:
                        "index. Re-running encodes only new and changed files and removes deleted ones.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="folder, text file of paths, image file, dataset folder (save_to_disk), .parquet, "
-                   "or imagefolder:DIR")
-    p.add_argument("--out", "-o", required=True, metavar="STORE", help="store directory (created if missing)")
+                   "imagefolder:DIR, WebDataset .tar shard, or an fsspec URL (s3://..., file://...) of any of these")
+    p.add_argument("--out", "-o", required=True, metavar="STORE",
+                   help="store directory or file:// URL (created if missing)")
     add_model_args(p, DEFAULT_MODEL)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores-1 on CPU)")
-    p.add_argument("--index", choices=INDEX_TYPES, default="auto", help="FAISS index type (default auto)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local engine: decoding processes (default: cores-1 on CPU); ray engine: embedding actors "
+                   "(default: one per GPU, or half the CPUs)")
+    p.add_argument("--index", choices=INDEX_TYPES, default="auto",
+                   help="FAISS index type (default auto); sharded: IVF-PQ built by parts in parallel and merged "
+                   "on disk (sharded-parts: kept as parts, searched as one IndexShards)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local processes, or Ray Data (pip install 'pixdex[distributed]')")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="N",
+                   help="ray engine: GPUs per embedding actor (0 = embed on CPU)")
     p.add_argument("--max-index-memory", default=None, metavar="SIZE", help="memory budget for the index, e.g. 4G")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels (decompression-bomb guard; 0 = no limit; "
@@ -51,7 +62,8 @@ def run_index(args) -> int:
         args.sources, args.out, model=args.model, device=args.device, batch_size=args.batch_size,
         workers=args.workers, index=args.index, max_index_memory=parse_bytes(args.max_index_memory),
         include_hidden=args.hidden, max_pixels=args.max_pixels or None, shard_rows=args.shard_size,
-        progress=not args.no_progress,
+        progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
     )
     if args.json:
         print_json(summary.to_dict())

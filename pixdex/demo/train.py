@@ -307,6 +307,11 @@ def parse_args(argv):
     p.add_argument("--eval-n", type=int, default=None, help="images per colour-shape pair in the evaluation")
     p.add_argument("--no-bank", action="store_true", help="do not add the label-bank captions to batches")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--init", default=None,
+                   help="start from this saved shapes-clip folder instead of random weights (continue training)")
+    p.add_argument("--hard-batches", type=float, default=0.0,
+                   help="fraction of steps whose batch holds only two colours, so captions must be told apart "
+                        "by shape, size and position")
     args = p.parse_args(argv)
     if args.seed == EVAL_SEED:
         p.error(f"seed {EVAL_SEED} is reserved for evaluation (pixdex.demo.quality.EVAL_SEED)")
@@ -362,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = build_tokenizer(args.max_text_len)
     image_processor = build_image_processor(args.image_size)
-    model = build_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args).to(device)
+    if args.init:
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(args.init).float().to(device)
+    else:
+        model = build_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters on {device}")
 
@@ -384,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(scenes)
     order = np.random.default_rng(args.seed + 1).permutation(n)
     cursor = 0
+    hard_rng = np.random.default_rng(args.seed + 3)
+    by_color = [np.flatnonzero(codes[:, 0, 0] == c) for c in range(len(world.COLORS))]
     out_dir = Path(args.out)
     model.train()
     t_train = time.time()
@@ -393,8 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         if cursor + args.batch_size > n:
             order = np.random.default_rng(args.seed + 2 + step).permutation(n)
             cursor = 0
-        idx = order[cursor : cursor + args.batch_size]
-        cursor += args.batch_size
+        if hard_rng.random() < args.hard_batches:  # two colours only: colour alone cannot match captions
+            pool = np.concatenate([by_color[c] for c in hard_rng.choice(len(by_color), 2, replace=False)])
+            idx = hard_rng.choice(pool, args.batch_size, replace=False)
+        else:
+            idx = order[cursor : cursor + args.batch_size]
+            cursor += args.batch_size
         x = pix[idx].float()
         c = codes_t[idx].clone()
         # Flips: mirror the pixels and swap position labels accordingly.
@@ -481,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": args.train_size,
         "two_object_prob": args.two_object_prob,
         "label_bank_captions": 0 if args.no_bank else len(label_bank()),
+        "init": args.init,
+        "hard_batches": args.hard_batches,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -501,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
                      "transformers": __import__("transformers").__version__},
         "loss_history": history,
     }
+    if args.init and (Path(args.init) / "training.json").is_file():  # a continuation: keep the earlier record
+        earlier = json.loads((Path(args.init) / "training.json").read_text())
+        earlier.pop("loss_history", None)
+        info["continued_from"] = earlier
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log(f"done in {info['wall_seconds']:.0f}s")
     return 0
