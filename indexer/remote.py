@@ -80,12 +80,13 @@ def iter_url(spec: str) -> Iterator[SourceItem]:
     from indexer.sources import SourceItem
 
     fs, path = _fs(spec)
+    root = fs.unstrip_protocol(path)  # canonical, as stored keys are: removals are scoped by it
     if is_tar(path):
-        yield from iter_tar(spec)
+        yield from iter_tar(root)
         return
     if not fs.isdir(path):
         info = fs.info(path)
-        yield SourceItem(fs.unstrip_protocol(path), int(info.get("size") or 0), _mtime(info), spec)
+        yield SourceItem(root, int(info.get("size") or 0), _mtime(info), root)
         return
     found = fs.find(path, detail=True)
     for name in sorted(found):
@@ -95,9 +96,9 @@ def iter_url(spec: str) -> Iterator[SourceItem]:
             continue
         url = fs.unstrip_protocol(name)
         if is_tar(name):
-            yield from iter_tar(url, root=spec)
+            yield from iter_tar(url, root=root)
         elif os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS:
-            yield SourceItem(url, int(info.get("size") or 0), _mtime(info), spec)
+            yield SourceItem(url, int(info.get("size") or 0), _mtime(info), root)
 
 
 def _open(container: str):

@@ -30,6 +30,7 @@ ONDISK = "ivfpq-ondisk"  # one index file + one .ivfdata file with every inverte
 PARTS = "ivfpq-parts"  # several part files searched together through IndexShards
 SHARDED_TYPES = (ONDISK, PARTS)
 DEFAULT_MEMORY = 4 << 30  # bytes a sharded build may use when no --max-index-memory is given
+PROCESS_BASE = 256 << 20  # a worker's Python, numpy, pyarrow and FAISS before any data
 ADD_BATCH = 65_536  # rows per add_with_ids call (float32 copy of one batch: 128 MiB at 512 dims)
 
 
@@ -57,8 +58,9 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
       at query time by exact re-scoring from the stored embeddings.
     - training sample: 39 points per centroid (at least 256*39 for the PQ codebooks), at most a
       quarter of the budget as float32.
-    - parts: consecutive runs of shards, each small enough that centroids + one float32 batch + the
-      part's codes fit budget/workers; at least one part per worker so the cores are all used.
+    - parts: consecutive runs of shards, each small enough that the process itself (~256 MiB), the
+      centroids, one float32 batch (x3 for residuals) and twice the part's codes (inverted lists
+      grow by doubling) fit budget/workers; at least one part per worker so every core is used.
     """
     n = int(sum(shard_rows))
     budget = int(max_memory or DEFAULT_MEMORY)
@@ -73,8 +75,8 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
     code = m * nbits // 8 + 8
     train_rows = min(n, max(39 * nlist, 256 * 39), max(1, budget // 4 // (4 * dim)))
     add_batch = max(1024, min(ADD_BATCH, budget // 8 // workers // (4 * dim * 3)))
-    fixed = nlist * dim * 4 + add_batch * dim * 4 * 3
-    per_part = max(1, (budget // workers - fixed) // code)
+    fixed = PROCESS_BASE + nlist * dim * 4 + add_batch * dim * 4 * 3
+    per_part = max(1, (budget // workers - fixed) // (2 * code))  # inverted lists grow by doubling
     want = max(workers, math.ceil(n / per_part)) if n else 1
     target = max(1, math.ceil(n / want))
     parts: list[list[int]] = [[]]
@@ -90,7 +92,7 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
     spec = IndexSpec(ONDISK, f"IVF{nlist},{pq}", nlist, m,
                      reason=f"sharded build: {len(parts)} parts over {workers} workers, {pq} "
                             f"(~{code} bytes/vector), inverted lists on disk")
-    return ShardedPlan(spec, int(train_rows), parts, workers, int(add_batch), int(fixed + biggest * code), budget,
+    return ShardedPlan(spec, int(train_rows), parts, workers, int(add_batch), int(fixed + 2 * biggest * code), budget,
                        spec.reason)
 
 
@@ -110,7 +112,7 @@ def fill_part(store_path: str, manifest: dict, shards: list[int], trained_path: 
     deleted = store.deleted_ids
     for k in shards:
         ids_all = store.shard_ids(k)
-        emb = store.shard_embeddings(k)
+        emb = np.load(store.path / manifest["shards"][k]["embeddings"], mmap_mode="r")  # unmapped after the shard
         for start in range(0, len(ids_all), add_batch):
             ids = ids_all[start : start + add_batch]
             vecs = np.asarray(emb[start : start + add_batch], dtype=np.float32)
@@ -119,6 +121,7 @@ def fill_part(store_path: str, manifest: dict, shards: list[int], trained_path: 
                 ids, vecs = ids[keep], vecs[keep]
             if len(ids):
                 index.add_with_ids(np.ascontiguousarray(vecs), np.ascontiguousarray(ids))
+        del emb
     write_atomic(out_path, lambda p: faiss.write_index(index, str(p)))
     return {"rows": int(index.ntotal), "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -158,6 +161,10 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
     gen = snap.manifest["generation"] + 1
     base = f"index-{gen:06d}"
     t0 = time.perf_counter()
+    if plan.memory_per_worker > plan.memory_budget // plan.workers:
+        log(f"pixdex index: warning: each of {plan.workers} workers needs about "
+            f"{plan.memory_per_worker / 2**20:.0f} MiB, more than --max-index-memory "
+            f"{plan.memory_budget / 2**20:.0f} MiB allows (use fewer workers or a larger budget)")
     log(f"pixdex index: sharded {spec.factory} over {snap.count} vectors: training on {plan.train_rows}, "
         f"{len(plan.parts)} parts, {plan.workers} workers, ~{plan.memory_per_worker / 2**20:.0f} MiB per worker")
     trained = _train(snap, spec, plan.train_rows, seed)
@@ -209,7 +216,9 @@ def _train(snap: Store, spec: IndexSpec, rows: int, seed: int):
     index = new_index(IndexSpec("ivfpq", spec.factory, spec.nlist, spec.pq_m), snap.dim)
     ids = snap.ids()
     pick = np.sort(np.random.default_rng(seed).choice(ids, min(rows, len(ids)), replace=False))
-    index.train(snap.vectors(pick))
+    sample = snap.vectors(pick)
+    snap._emb_cache.clear()  # unmap the shards the sample was read from
+    index.train(sample)
     return index
 
 

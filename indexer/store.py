@@ -144,7 +144,10 @@ class Store:
             if s["first_id"] + s["rows"] <= start_id:
                 continue
             ids_all = self.shard_ids(k)
-            emb = self.shard_embeddings(k)
+            # mapped afresh, not cached: a full pass over a big store must not keep every shard's
+            # pages mapped (they would count as this process's resident memory)
+            emb = self._emb_cache.get(k)
+            emb = emb if emb is not None else np.load(self.path / s["embeddings"], mmap_mode="r")
             for start in range(0, len(ids_all), batch_rows):
                 ids = ids_all[start : start + batch_rows]
                 block = emb[start : start + batch_rows]

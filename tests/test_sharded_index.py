@@ -42,12 +42,12 @@ def top_ids(store_path, queries: np.ndarray, k: int = 10) -> np.ndarray:
 
 def test_plan_keeps_every_worker_within_the_memory_budget():
     shard_rows = [65_536] * 160  # ~10M rows
-    for budget in (256 << 20, 4 << 30):
+    for budget in (1 << 30, 4 << 30):
         plan = plan_sharded(shard_rows, 512, budget, workers=2)
         assert plan.memory_per_worker <= budget // 2
         assert sorted(k for p in plan.parts for k in p) == list(range(160))  # every shard in exactly one part
         assert plan.train_rows * 512 * 4 <= budget // 4
-    small, large = plan_sharded(shard_rows, 512, 256 << 20, 2), plan_sharded(shard_rows, 512, 4 << 30, 2)
+    small, large = plan_sharded(shard_rows, 512, 1 << 30, 2), plan_sharded(shard_rows, 512, 4 << 30, 2)
     assert len(small.parts) > len(large.parts)  # a tighter budget splits the build into more parts
     assert small.spec.factory.endswith(",PQ64")  # 512 dims -> 64-byte codes
 

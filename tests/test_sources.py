@@ -179,3 +179,63 @@ def test_dataset_columns_become_store_metadata(tmp_path, hf_cache, tiny_encoder)
     assert np.allclose(stored[:3], direct, atol=2e-3) and np.allclose(stored[3:6], direct, atol=2e-3)
     again = index_collection(sources, tmp_path / "s.pixdex", model=tiny_encoder, progress=False, workers=0)
     assert (again.indexed, again.unchanged, again.encoded) == (0, 9, 0)
+
+
+# ---- fsspec URLs and WebDataset shards ----------------------------------------------------------
+def test_fsspec_url_sources_index_like_local_files(tmp_path, tiny_encoder):
+    import fsspec
+
+    from indexer.job import index_collection
+    from indexer.store import Store
+
+    fs = fsspec.filesystem("memory")
+    local = tmp_path / "local"
+    for k, color in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)]):
+        data = png(local / f"{k}.png", color).read_bytes()
+        fs.pipe(f"/bucket/photos/{k}.png", data)
+    fs.pipe("/bucket/photos/notes.txt", b"not an image")
+    fs.pipe("/bucket/photos/broken.png", b"\x89PNG\r\n\x1a\n truncated")
+    assert [k.rsplit("/", 1)[1] for k in keys("memory://bucket/photos")] == ["0.png", "1.png", "2.png", "broken.png"]
+    kw = {"model": tiny_encoder, "progress": False, "log": lambda m: None, "workers": 0}
+    remote = index_collection(["memory://bucket/photos"], tmp_path / "remote", **kw)
+    index_collection([str(local)], tmp_path / "plain", **kw)
+    assert (remote.indexed, remote.failed) == (3, 1)
+    a, b = Store.open(tmp_path / "remote"), Store.open(tmp_path / "plain")
+    assert a.metadata()["path"].to_pylist()[0] == "memory:///bucket/photos/0.png"
+    assert a.embeddings(np.float16)[1].tobytes() == b.embeddings(np.float16)[1].tobytes()
+    assert "broken.png" in a.errors()["path"].to_pylist()[0]
+    fs.rm("/bucket/photos/1.png")
+    again = index_collection(["memory://bucket/photos"], tmp_path / "remote", **kw)
+    assert (again.removed, again.unchanged, again.count) == (1, 2, 2)  # removals seen through the URL too
+
+
+def test_webdataset_tar_members_become_items_with_their_sidecars(tmp_path):
+    import tarfile
+
+    img = png(tmp_path / "x.png").read_bytes()
+    tar_path = tmp_path / "shard-000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in [("a/0001.jpg.png", img), ("a/0001.txt", b"a red square"), ("a/0001.json", b'{"id": 5, "w": 2}'),
+                           ("0002.png", img), ("0002.cls", b"7")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    items = list(iter_source(str(tar_path)))
+    assert [i.key for i in items] == [f"{tar_path}#a/0001.jpg.png", f"{tar_path}#0002.png"]
+    assert items[0].extra["caption"] == "a red square" and items[0].extra["dataset_id"] == 5
+    assert items[1].extra["label"] == "7"
+    from indexer.sources import item_bytes
+
+    assert item_bytes(items[1]) == img  # read by offset, not by unpacking
+    with pytest.raises(PixdexError, match="not a readable tar"):
+        bad = tmp_path / "bad.tar"
+        bad.write_bytes(b"garbage" * 100)
+        list(iter_source(str(bad)))
+
+
+def test_stores_on_object_storage_are_refused_with_the_reason(tmp_path):
+    from indexer.remote import store_path
+
+    assert store_path(f"file://{tmp_path}/s") == tmp_path / "s"
+    with pytest.raises(PixdexError, match="local or mounted filesystem"):
+        store_path("s3://bucket/store")
