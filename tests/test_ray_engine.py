@@ -114,3 +114,23 @@ def test_sharded_index_parts_run_as_ray_tasks(collection, tmp_path):
     s = Searcher(tmp_path / "s")
     ids, emb = s.store.embeddings()
     assert s.search_embedding(emb[5], k=1)[0].id == ids[5]
+
+
+def test_cli_ray_engine_and_sharded_search_keep_stdout_clean_json(collection, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    store = tmp_path / "cli.pixdex"
+    cmd = [sys.executable, "-m", "pixdex", "index", str(collection), "--out", str(store), "--model", "shapes-clip",
+           "--engine", "ray", "--workers", "1", "--index", "sharded", "--json", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)  # Ray's and FAISS's chatter stays off stdout
+    assert summary["indexed"] == summary["count"] and summary["failed"] == 2
+    assert summary["index"]["type"] == "ivfpq-ondisk"
+    res = subprocess.run([sys.executable, "-m", "pixdex", "search", str(store), "a red circle", "-k", "5", "--json"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    hits = json.loads(res.stdout)
+    assert len(hits) >= 1
