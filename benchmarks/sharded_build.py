@@ -24,7 +24,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import sys
 import time
@@ -61,9 +60,9 @@ def write_store(path: Path, n: int, seed: int = 0) -> float:
 
 
 def _peak() -> dict:
-    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return {"peak_rss_main": self_rss, "peak_rss_children": kids}
+    from indexer.sharded_index import peak_rss
+
+    return {"peak_rss_main": peak_rss()}
 
 
 def run_sharded(store: str, workers: int, max_memory: int, nlist: int | None, out) -> None:

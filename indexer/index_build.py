@@ -125,7 +125,7 @@ def _recall_sample(snap: Store, index_type: str, seed: int = 0) -> tuple[np.ndar
     if index_type == "flat" or not len(ids):
         return np.zeros((1, snap.dim), np.float32), np.zeros((1, 0), np.int64)
     pick = np.sort(np.random.default_rng(seed).choice(ids, min(TUNE_QUERIES, len(ids)), replace=False))
-    queries = noisy_queries(snap.vectors(pick), seed)
+    queries = noisy_queries(snap.vectors(pick, cache=False), seed)
     return queries, exact_top_k_ids(snap.iter_embeddings(BATCH_ROWS), queries, min(10, len(ids)))
 
 
@@ -135,7 +135,7 @@ def _build(snap: Store, spec: IndexSpec, seed: int = 0):
     if not index.is_trained:
         ids = snap.ids()
         pick = np.sort(np.random.default_rng(seed).choice(ids, min(TRAIN_SAMPLE, len(ids)), replace=False))
-        index.train(snap.vectors(pick))
+        index.train(snap.vectors(pick, cache=False))
     for ids, vecs in snap.iter_embeddings(BATCH_ROWS):
         index.add_with_ids(np.ascontiguousarray(vecs, np.float32), ids)
     return index

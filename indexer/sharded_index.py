@@ -124,7 +124,19 @@ def fill_part(store_path: str, manifest: dict, shards: list[int], trained_path: 
         del emb
     write_atomic(out_path, lambda p: faiss.write_index(index, str(p)))
     return {"rows": int(index.ntotal), "seconds": round(time.perf_counter() - t0, 3),
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": peak_rss()}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM: unlike ru_maxrss, not inherited from the
+    parent a worker was forked from)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _fill_part_args(args: tuple) -> dict:
@@ -204,6 +216,7 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
     writer.set_index({**record, "params": {}, "recall_at_10": None})
     tuned = _tune(writer, spec, log)
     record.update(params=tuned.params, recall_at_10=round(tuned.recall_at_10, 4),
+                  rescored_recall_at_10=round(tuned.rescored_recall_at_10 or 0.0, 4),
                   search_ms_per_query=round(tuned.search_ms, 4), build_seconds=round(time.perf_counter() - t0, 3))
     writer.set_index(record)
     return record
@@ -216,9 +229,7 @@ def _train(snap: Store, spec: IndexSpec, rows: int, seed: int):
     index = new_index(IndexSpec("ivfpq", spec.factory, spec.nlist, spec.pq_m), snap.dim)
     ids = snap.ids()
     pick = np.sort(np.random.default_rng(seed).choice(ids, min(rows, len(ids)), replace=False))
-    sample = snap.vectors(pick)
-    snap._emb_cache.clear()  # unmap the shards the sample was read from
-    index.train(sample)
+    index.train(snap.vectors(pick, cache=False))
     return index
 
 

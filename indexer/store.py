@@ -191,13 +191,22 @@ class Store:
             raise PixdexError(f"unknown id {int(ids[bad][0])} in store {self.path} ({self.count} items)")
         return shard, rows
 
-    def vectors(self, ids) -> np.ndarray:
-        """float32 embeddings for the given live ids, in that order."""
+    def vectors(self, ids, cache: bool = True) -> np.ndarray:
+        """float32 embeddings for the given live ids, in that order.
+
+        cache=False maps each shard only while its rows are read: for samples spread over a big
+        store, whose mapped pages would otherwise all stay resident in this process.
+        """
         shard, rows = self.locate(ids)
         out = np.zeros((len(shard), self.dim), np.float32)
         for k in np.unique(shard):
             sel = shard == k
-            out[sel] = self.shard_embeddings(int(k))[rows[sel]]
+            if cache:
+                out[sel] = self.shard_embeddings(int(k))[rows[sel]]
+            else:
+                emb = np.load(self.path / self._shards[int(k)]["embeddings"], mmap_mode="r")
+                out[sel] = emb[rows[sel]]
+                del emb
         return out
 
     # ---- metadata ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.errors import PixdexError
-from indexer.faiss_index import index_family, ivf_of
+from indexer.faiss_index import index_family, ivf_of, rescore_depth
 from indexer.store import Store
 from search.filters import parse_filter, path_mask
 from search.query import Query, Term, as_query
@@ -369,7 +369,7 @@ class Searcher:
         """Candidates fetched per query: a margin over k (ties, dedup), more for PQ's coarse scores."""
         depth = 2 * k + 10
         if self.index_type == "ivfpq":
-            depth = max(depth, 4 * k + 40)
+            depth = max(depth, rescore_depth(k))  # the depth the indexer tuned nprobe for
         if dedup is not None:
             depth *= 2
         return depth
