@@ -27,7 +27,8 @@ from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
 from indexer.models import DEFAULT_MODEL
 from indexer.pixels import plan_for, resize_crop
-from indexer.remote import local_path, store_path
+from indexer.remote import local_path
+from indexer.remote_store import local_store
 from indexer.sources import SourceItem, check_source, item_bytes, iter_sources
 from indexer.store import Store, StoreWriter
 
@@ -311,7 +312,7 @@ def index_collection(
     # with Ray the driver only needs the model's facts (name, fingerprint, processor): the actors embed
     encoder = model if isinstance(model, Encoder) else Encoder(model, device="cpu" if engine == "ray" else device)
     summary = IndexSummary(store=str(store))
-    with StoreWriter(store_path(store), encoder.info, shard_rows=shard_rows) as writer:
+    with local_store(store, publish=True) as path, StoreWriter(path, encoder.info, shard_rows=shard_rows) as writer:
         snap = writer.snapshot()
         by_path = stored_rows(snap)
         by_hash = {row.sha256: row for row in by_path.values()}

@@ -182,12 +182,3 @@ def read_url(url: str) -> bytes:
         raise DecodeError("file not found") from None
     except Exception as exc:  # noqa: BLE001 - network/backend errors differ per filesystem
         raise DecodeError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def store_path(store: str | os.PathLike) -> Path:
-    """The local folder of a store given as a path or file:// URL (other URLs: a clear error)."""
-    text = str(store)
-    if is_url(text) and not text.startswith("file://"):
-        raise PixdexError(f"store {text}: stores must be on a local or mounted filesystem (a path or file:// URL); "
-                          "sources may be any fsspec URL")
-    return Path(local_path(text)).expanduser()

@@ -74,8 +74,10 @@ class Store:
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike) -> Store:
-        """Open the last committed state of the store at `path`."""
-        path = Path(path).expanduser()
+        """Open the last committed state of the store at `path` (a local path, file:// or any fsspec URL)."""
+        from indexer.remote_store import open_path
+
+        path = open_path(path)
         mf = path / MANIFEST
         if not mf.is_file():
             what = "does not exist" if not path.exists() else "is not a pixdex store (no manifest.json)"

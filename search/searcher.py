@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from indexer.errors import PixdexError
 from indexer.faiss_index import index_family, ivf_of, rescore_depth
+from indexer.remote_store import open_path
 from indexer.store import Store
 from search.filters import parse_filter, path_mask
 from search.query import Query, Term, as_query
@@ -88,6 +89,8 @@ class Searcher:
     """
 
     def __init__(self, store: str | os.PathLike | Store, model: Any = None, device: str = "auto"):
+        if not isinstance(store, Store):
+            store = open_path(store)  # a remote store (s3://, ...) is pulled to its local copy
         self.path = Path(store.path if isinstance(store, Store) else store).expanduser()
         self.device = device
         self._model = model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 from pathlib import Path
@@ -233,9 +234,37 @@ def test_webdataset_tar_members_become_items_with_their_sidecars(tmp_path):
         list(iter_source(str(bad)))
 
 
-def test_stores_on_object_storage_are_refused_with_the_reason(tmp_path):
-    from indexer.remote import store_path
+def test_a_store_on_object_storage_is_published_manifest_last_and_readable(tmp_path, tiny_encoder, monkeypatch):
+    import fsspec
 
-    assert store_path(f"file://{tmp_path}/s") == tmp_path / "s"
-    with pytest.raises(PixdexError, match="local or mounted filesystem"):
-        store_path("s3://bucket/store")
+    from indexer.job import index_collection
+    from indexer.store import Store
+    from search import Searcher
+
+    monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    photos = tmp_path / "photos"
+    for k, color in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200), (200, 200, 20)]):
+        png(photos / f"{k}.png", color)
+    kw = {"model": tiny_encoder, "progress": False, "log": lambda m: None, "workers": 0}
+    url = "memory://bucket/stores/photos.pixdex"
+    first = index_collection([str(photos)], url, **kw)
+    assert first.indexed == 4 and fs.exists("/bucket/stores/photos.pixdex/manifest.json")
+    names = {p.rsplit("photos.pixdex/", 1)[1] for p in fs.find("/bucket/stores/photos.pixdex")}
+    manifest = json.loads(fs.cat_file("/bucket/stores/photos.pixdex/manifest.json"))
+    assert {s["embeddings"] for s in manifest["shards"]} <= names and manifest["index"]["file"] in names
+
+    # a reader elsewhere (empty cache) pulls the published store and searches it
+    monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "other-cache"))
+    assert Store.open(url).count == 4
+    ids, emb = Store.open(url).embeddings()
+    assert Searcher(url).search_embedding(emb[2], k=1)[0].id == ids[2]
+
+    (photos / "0.png").unlink()
+    again = index_collection([str(photos)], url, **kw)  # incremental through the remote store
+    assert (again.removed, again.unchanged, again.count) == (1, 3, 3)
+    manifest = json.loads(fs.cat_file("/bucket/stores/photos.pixdex/manifest.json"))
+    live = {p.rsplit("photos.pixdex/", 1)[1] for p in fs.find("/bucket/stores/photos.pixdex")}
+    from indexer.remote_store import referenced
+
+    assert live == {*referenced(manifest), "manifest.json"}  # replaced files were swept from the bucket

@@ -18,7 +18,7 @@ def register(sub) -> None:
                    help="folder, text file of paths, image file, dataset folder (save_to_disk), .parquet, "
                    "imagefolder:DIR, WebDataset .tar shard, or an fsspec URL (s3://..., file://...) of any of these")
     p.add_argument("--out", "-o", required=True, metavar="STORE",
-                   help="store directory or file:// URL (created if missing)")
+                   help="store directory (created if missing), or a URL (s3://..., published when the job ends)")
     add_model_args(p, DEFAULT_MODEL)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None,
