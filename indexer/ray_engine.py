@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from indexer.encoder import UINT8_KEY, Encoder
+from indexer.encoder import Encoder
 from indexer.errors import PixdexError
 from indexer.sources import SourceItem
 

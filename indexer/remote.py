@@ -12,7 +12,6 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from indexer.decode import IMAGE_EXTENSIONS, DecodeError
