@@ -18,15 +18,20 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
 
 
-def truth_by_path(store_dir: Path) -> dict[str, list[tuple[str, str]]]:
-    """Absolute image path -> [(color, shape), ...] from the collection's labels.csv."""
+def truth_by_path(store_dir: Path, attrs: tuple[str, ...] = ("color", "shape")) -> dict[str, list[tuple]]:
+    """Absolute image path -> [(color, shape), ...] (or other attributes) from the collection's labels.csv."""
     from pixdex.demo.world import read_labels, row_objects
 
     images = store_dir.parent / "images"
     out = {}
     for row in read_labels(images / "labels.csv"):
-        out[str((images / row["file"]).resolve())] = [(o["color"], o["shape"]) for o in row_objects(row)]
+        out[str((images / row["file"]).resolve())] = [tuple(o[a] for a in attrs) for o in row_objects(row)]
     return out
+
+
+def shared_attributes(a: list[tuple], b: list[tuple]) -> int:
+    """How many of colour, shape, size, position the first objects of two scenes have in common."""
+    return sum(x == y for x, y in zip(a[0], b[0]))
 
 
 @pytest.mark.slow
@@ -70,8 +75,13 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         similar = [int(x) for x in page.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")]
         assert first not in similar
         sim_paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar[: n - 1]]
-        # image-to-image similarity: the clicked red circle's neighbours are red too
-        assert sum(any(c == "red" for c, _ in truth[str(Path(p).resolve())]) for p in sim_paths) >= n - 2
+        # image-to-image similarity: the neighbours look like the clicked image (colour, shape, size,
+        # position) far more than the collection at large does
+        full = truth_by_path(shapes_store, ("color", "shape", "size", "position"))
+        clicked = full[str(Path(paths[0]).resolve())]
+        near = [shared_attributes(clicked, full[str(Path(p).resolve())]) for p in sim_paths]
+        everyone = [shared_attributes(clicked, objs) for objs in full.values()]
+        assert sum(near) / len(near) >= sum(everyone) / len(everyone) + 1.0, (near, sum(everyone) / len(everyone))
 
         # Tagging panel: predicted shape label per shown image.
         page.fill("#labels", ", ".join(SHAPES))
@@ -81,6 +91,8 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         assert all(t.split()[0] in SHAPES for t in tags)
         shown = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar]
         right = [t.split()[0] in {sh for _, sh in truth[str(Path(p).resolve())]} for t, p in zip(tags, shown)]
-        assert sum(right) / len(right) >= max(0.25, shapes_clip_promise("shape_top1", 0.8)), list(zip(tags, shown))
+        # 24 images: two standard errors of a 0.8 accuracy are ~0.16, hence the wider slack
+        bar = max(0.25, shapes_clip_promise("shape_top1", 0.8, slack=0.2))
+        assert sum(right) / len(right) >= bar, list(zip(tags, shown))
         page.screenshot(path=str(ARTIFACTS / "web-tagged.png"), full_page=True)
         browser.close()
