@@ -109,19 +109,8 @@ def fill_part(store_path: str, manifest: dict, shards: list[int], trained_path: 
     faiss.omp_set_num_threads(threads)
     store = Store(store_path, manifest)
     index = faiss.read_index(trained_path)
-    deleted = store.deleted_ids
-    for k in shards:
-        ids_all = store.shard_ids(k)
-        emb = np.load(store.path / manifest["shards"][k]["embeddings"], mmap_mode="r")  # unmapped after the shard
-        for start in range(0, len(ids_all), add_batch):
-            ids = ids_all[start : start + add_batch]
-            vecs = np.asarray(emb[start : start + add_batch], dtype=np.float32)
-            if len(deleted):
-                keep = ~np.isin(ids, deleted)
-                ids, vecs = ids[keep], vecs[keep]
-            if len(ids):
-                index.add_with_ids(np.ascontiguousarray(vecs), np.ascontiguousarray(ids))
-        del emb
+    for ids, vecs in store.iter_embeddings(add_batch, shards=shards):  # each shard mapped only while read
+        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), ids)
     write_atomic(out_path, lambda p: faiss.write_index(index, str(p)))
     return {"rows": int(index.ntotal), "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss": peak_rss()}

@@ -21,7 +21,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,9 +139,11 @@ class Store:
         s = self._shards[k]
         return np.arange(s["first_id"], s["first_id"] + s["rows"], dtype=np.int64)
 
-    def iter_embeddings(self, batch_rows: int = 65536, start_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, float16 embeddings) of live rows in id order, a bounded batch at a time (ids >= start_id)."""
-        for k in range(len(self._shards)):
+    def iter_embeddings(self, batch_rows: int = 65536, start_id: int = 0,
+                        shards: Iterable[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float16 embeddings) of live rows in id order, a bounded batch at a time (ids >= start_id;
+        only the given shard numbers when `shards` is set)."""
+        for k in range(len(self._shards)) if shards is None else shards:
             s = self._shards[k]
             if s["first_id"] + s["rows"] <= start_id:
                 continue
