@@ -293,6 +293,7 @@ def index_collection(
     """Index `sources` into `store` (created if missing) and bring its FAISS index up to date.
 
     Files that cannot be decoded go to the store's error table; the job carries on. Returns the summary.
+    `store` may be a URL (s3://...): the job runs on a local copy and publishes it at the end.
     engine="ray" decodes and embeds on a Ray cluster (`workers` embedding actors with `gpus_per_worker`
     GPUs each; a local cluster when no `ray_address`) and builds a sharded index's parts as Ray tasks.
     """

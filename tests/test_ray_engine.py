@@ -134,3 +134,21 @@ def test_cli_ray_engine_and_sharded_search_keep_stdout_clean_json(collection, tm
     assert res.returncode == 0, res.stderr[-2000:]
     hits = json.loads(res.stdout)
     assert len(hits) >= 1
+
+
+def test_ray_engine_reads_datasets_sources_like_the_local_engine(collection, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    files = sorted(collection.glob("shape_*.png"))[:10]
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": p.read_bytes(), "path": p.name} for p in files], "n": list(range(len(files)))},
+        features=datasets.Features({"image": datasets.Image(), "n": datasets.Value("int64")}))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ds.to_parquet(str(tmp_path / "rows.parquet"))
+    sources = [str(tmp_path / "saved"), str(tmp_path / "rows.parquet")]
+    dist = run(sources, tmp_path / "ray", "ray")  # the workers open the datasets themselves
+    run(sources, tmp_path / "local", "local")
+    assert dist.indexed == 2 * len(files) and dist.failed == 0
+    _, _, emb_r, meta_r = snapshot(tmp_path / "ray")
+    _, _, emb_l, meta_l = snapshot(tmp_path / "local")
+    assert meta_r["path"] == meta_l["path"] and meta_r["n"] == meta_l["n"] == 2 * list(range(len(files)))
+    assert emb_r.tobytes() == emb_l.tobytes()
