@@ -5,7 +5,8 @@ reads and decodes items in CPU tasks (the local engine's ``prepare``), embeds th
 actors that each load the model once (``map_batches`` with a callable class, GPUs per actor as
 asked), and streams the embeddings back in input order. The driver commits them shard by shard
 through the same StoreWriter, so a stopped job resumes from its last commit and the store is the
-local engine's format, with byte-for-byte the same embeddings on CPU. Ray retries a task or actor
+local engine's format, with byte-for-byte the same embeddings on CPU when batches line up (within
+one float16 step when failed images shift them). Ray retries a task or actor
 that dies (``max_restarts``/``max_task_retries``).
 """
 
@@ -69,12 +70,14 @@ def pack(pos: np.ndarray, preps: list[dict]) -> dict:
 class Embedder:
     """Ray actor: loads the model once, embeds the batches' pixels on its device (CPU or its GPU)."""
 
-    def __init__(self, model: str, device: str = "auto", crash_marker: str | None = None):
+    def __init__(self, model: str, device: str = "auto", crash_marker: str | None = None, threads: int = 1):
         import torch
 
         self.crash_marker = crash_marker
         if device in ("auto", "cpu") and not torch.cuda.is_available():
-            torch.set_num_threads(1)
+            # the local engine's intra-op thread count: CPU matmuls sum in a thread-dependent order, and
+            # matching it keeps the embeddings byte-for-byte the local engine's
+            torch.set_num_threads(threads)
         self.encoder = Encoder(model, device=device)
 
     def __call__(self, batch: dict) -> dict:
@@ -112,11 +115,14 @@ def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, max_pixels: i
     actor_device = "cuda" if gpus_per_worker > 0 else ("cpu" if device == "auto" else device)
     log(f"pixdex index: ray engine: {len(items)} items, {workers} embedding actor(s) on {actor_device}, "
         f"{cpus} CPUs / {gpus} GPUs in the cluster")
+    import torch
+
     ds = ray.data.from_items(records, override_num_blocks=blocks)
     # Ray retries tasks whose worker dies, and restarts actors and retries their batches (Ray Data's
     # defaults for actor pools: max_restarts=-1, max_task_retries=-1)
     ds = ds.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"setup": setup}, num_cpus=0.5)
-    ds = ds.map_batches(Embedder, batch_size=batch_size, fn_constructor_args=(encoder.name, actor_device, os.environ.get(CRASH_ONCE_ENV)),
+    ds = ds.map_batches(Embedder, batch_size=batch_size, fn_constructor_args=(encoder.name, actor_device, os.environ.get(CRASH_ONCE_ENV),
+                                             torch.get_num_threads()),
                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_cpus,
                         num_gpus=gpus_per_worker or None)
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):

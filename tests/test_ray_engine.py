@@ -57,9 +57,21 @@ def test_ray_engine_writes_the_same_store_as_the_local_engine(collection, tmp_pa
     b, ids_b, emb_b, meta_b = snapshot(tmp_path / "ray")
     assert meta_a["path"] == meta_b["path"] and meta_a["sha256"] == meta_b["sha256"]
     assert ids_a.tolist() == ids_b.tolist()
-    assert emb_a.tobytes() == emb_b.tobytes()  # byte-for-byte the same embeddings
+    # failed images shift the local engine's batches (it batches only decodable images), and CPU
+    # matmuls are batch-dependent in the last bits: the same up to one float16 rounding step
+    ulps = np.abs(emb_a.view(np.int16).astype(np.int32) - emb_b.view(np.int16).astype(np.int32))
+    assert ulps.max() <= 1 and (ulps == 0).mean() > 0.99
     assert sorted(a.errors().to_pydict()["path"]) == sorted(b.errors().to_pydict()["path"])
     assert len(b.manifest["shards"]) == len(a.manifest["shards"])
+
+
+def test_ray_engine_embeddings_are_byte_for_byte_the_local_engines(shapes_dir, tmp_path):
+    run([str(shapes_dir)], tmp_path / "local", "local")
+    run([str(shapes_dir)], tmp_path / "ray", "ray")
+    _, ids_a, emb_a, meta_a = snapshot(tmp_path / "local")
+    _, ids_b, emb_b, meta_b = snapshot(tmp_path / "ray")
+    assert meta_a["path"] == meta_b["path"] and ids_a.tolist() == ids_b.tolist()
+    assert emb_a.tobytes() == emb_b.tobytes()  # same batches, same thread count: the same bytes
 
 
 def test_ray_engine_resumes_from_what_is_committed(collection, tmp_path):
