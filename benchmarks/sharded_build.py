@@ -74,8 +74,6 @@ def run_sharded(store: str, workers: int, max_memory: int, nlist: int | None, ou
         snap = w.snapshot()
         plan = plan_sharded([s["rows"] for s in snap.manifest["shards"]], snap.dim, max_memory, workers, nlist=nlist)
         record = build_sharded(w, plan, log=lambda m: print(m, flush=True))
-        record["requested"] = "sharded"
-        w.set_index(record)
     out.put({"seconds": time.perf_counter() - t0, "record": record, "plan": plan_dict(plan), **_peak()})
 
 

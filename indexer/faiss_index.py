@@ -14,6 +14,7 @@ import numpy as np
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "sharded", "sharded-parts")
 SHARDED_KINDS = ("sharded", "sharded-parts")  # built by indexer.sharded_index (on disk / as IndexShards parts)
+SHARDED_TYPES = ("ivfpq-ondisk", "ivfpq-parts")  # the index types those builds record in the manifest
 EXACT_LIMIT = 100_000  # below this, exact search costs a few ms: no reason to approximate
 HNSW_LIMIT = 2_000_000  # above this, HNSW's build time and link memory stop paying off
 HNSW_M = 32
@@ -141,7 +142,7 @@ def hnsw_of(index):
 
 def index_family(kind: str | None) -> str | None:
     """How an index type searches: sharded IVF-PQ builds (on-disk or parts) behave as ivfpq."""
-    return "ivfpq" if kind in ("ivfpq-ondisk", "ivfpq-parts") else kind
+    return "ivfpq" if kind in SHARDED_TYPES else kind
 
 
 def apply_search_params(index, params: dict) -> None:

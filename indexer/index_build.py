@@ -74,10 +74,7 @@ def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None
             from indexer.ray_engine import ray_runner as runner
         else:
             runner = process_runner
-        record = build_sharded(writer, max_memory=max_memory, merge=requested == "sharded", runner=runner, log=log)
-        record["requested"] = requested
-        writer.set_index(record)
-        return record
+        return build_sharded(writer, max_memory=max_memory, merge=requested == "sharded", runner=runner, log=log)
     choice = "auto" if requested in SHARDED_KINDS else requested  # too few vectors for a sharded build
     spec = choose_index(n, snap.dim, max_memory, choice) if n else IndexSpec("flat", "Flat", reason="empty store")
     if snap.index_is_current() and spec.type == info.get("type"):

@@ -23,12 +23,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from indexer.atomic import write_atomic
-from indexer.faiss_index import IndexSpec, pq_bits, tune_params
+from indexer.faiss_index import SHARDED_TYPES, IndexSpec, pq_bits, tune_params
 from indexer.store import Store, StoreWriter
 
-ONDISK = "ivfpq-ondisk"  # one index file + one .ivfdata file with every inverted list
-PARTS = "ivfpq-parts"  # several part files searched together through IndexShards
-SHARDED_TYPES = (ONDISK, PARTS)
+ONDISK, PARTS = SHARDED_TYPES  # one index file + one .ivfdata file / part files searched as IndexShards
 DEFAULT_MEMORY = 4 << 30  # bytes a sharded build may use when no --max-index-memory is given
 PROCESS_BASE = 256 << 20  # a worker's Python, numpy, pyarrow and FAISS before any data
 ADD_BATCH = 65_536  # rows per add_with_ids call (float32 copy of one batch: 128 MiB at 512 dims)
@@ -197,7 +195,7 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
               "file": f"{base}.faiss" if merge else part_names[0], "files": files,
               "ntotal": int(sum(r["rows"] for r in results)), "trained_on": plan.train_rows,
               "rows": snap.manifest["counts"]["rows"], "deleted": len(snap.deleted_ids),
-              "max_id": int(snap.manifest["next_id"]) - 1, "how": "built", "requested": "sharded",
+              "max_id": int(snap.manifest["next_id"]) - 1, "how": "built", "requested": "sharded" if merge else "sharded-parts",
               "plan": {"parts": len(plan.parts), "workers": plan.workers, "memory_per_worker": plan.memory_per_worker,
                        "memory_budget": plan.memory_budget},
               "timings": {"train": round(t_train, 2), "add": round(t_add, 2), "merge": round(t_merge, 2)},

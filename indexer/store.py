@@ -266,9 +266,9 @@ class Store:
         path = self.index_path()
         if path is None:
             raise PixdexError(f"store {self.path} has no index yet (run pixdex index again)")
-        from indexer.faiss_index import apply_search_params
+        from indexer.faiss_index import SHARDED_TYPES, apply_search_params
 
-        if self.index_info.get("type", "") in ("ivfpq-ondisk", "ivfpq-parts"):
+        if self.index_info.get("type", "") in SHARDED_TYPES:
             from indexer.sharded_index import load_sharded
 
             index = load_sharded(self)
