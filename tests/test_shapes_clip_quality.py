@@ -114,3 +114,50 @@ def test_train_smoke(tmp_path):
 
     AutoModel.from_pretrained(out)
     AutoProcessor.from_pretrained(out)
+
+
+def test_adapt_resolution_keeps_the_function(tmp_path):
+    """Continuing at twice the resolution starts from the same model on 2x2-averaged pixels."""
+    import torch
+    from models import save_random_clip
+    from transformers import CLIPModel
+
+    from pixdex.demo.train import adapt_resolution
+
+    model = CLIPModel.from_pretrained(save_random_clip(tmp_path / "m")).eval()  # 32 px, patch 8
+    big = adapt_resolution(model, 64, 16).eval()
+    assert (big.config.vision_config.image_size, big.config.vision_config.patch_size) == (64, 16)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.get_image_features(pixel_values=torch.nn.functional.avg_pool2d(x, 2))
+        got = big.get_image_features(pixel_values=x)
+    want = want if isinstance(want, torch.Tensor) else want.pooler_output
+    got = got if isinstance(got, torch.Tensor) else got.pooler_output
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="token grid"):
+        adapt_resolution(model, 48, 16)  # 3x3 tokens instead of 4x4
+
+
+@pytest.mark.slow
+def test_train_continues_at_a_higher_resolution(tmp_path):
+    """`--init` of a saved model with a larger --image-size/--patch-size saves a working model of that size."""
+    from models import save_random_clip
+
+    init = save_random_clip(tmp_path / "init")  # 32 px, patch 8
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixdex.demo.train", "--out", str(out), "--init", str(init), "--steps", "2",
+         "--train-size", "32", "--batch-size", "8", "--workers", "1", "--image-size", "64", "--patch-size", "16",
+         "--render-size", "64", "--no-eval", "--no-bank"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((out / "training.json").read_text())
+    assert info["init_resolution"] == {"image_size": 32, "patch_size": 8}
+    assert info["config"]["vision"]["image_size"] == 64 and info["config"]["vision"]["patch_size"] == 16
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    model, processor = AutoModel.from_pretrained(out), AutoProcessor.from_pretrained(out)
+    px = processor(images=[Image.new("RGB", (90, 70), "red")], return_tensors="pt")["pixel_values"]
+    assert tuple(px.shape[-2:]) == (64, 64)
+    model.get_image_features(pixel_values=px)

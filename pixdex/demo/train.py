@@ -292,8 +292,9 @@ def parse_args(argv):
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--text-layers", type=int, default=3)
     p.add_argument("--projection-dim", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=64, help="model input side (processor resizes to it)")
-    p.add_argument("--patch-size", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input side, the processor resizes to it (default: the --init model's, else 64)")
+    p.add_argument("--patch-size", type=int, default=None, help="default: the --init model's, else 8")
     p.add_argument("--render-size", type=int, default=128, help="side of the rendered images")
     p.add_argument("--max-text-len", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="processes rendering the training set")
@@ -315,7 +316,46 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.seed == EVAL_SEED:
         p.error(f"seed {EVAL_SEED} is reserved for evaluation (pixdex.demo.quality.EVAL_SEED)")
+    init_vision = _init_vision(args.init) if args.init else {}
+    args.image_size = args.image_size or init_vision.get("image_size", 64)
+    args.patch_size = args.patch_size or init_vision.get("patch_size", 8)
     return args
+
+
+def _init_vision(model_dir: str) -> dict:
+    """The vision config (image_size, patch_size, ...) of a saved model folder, read without torch."""
+    return json.loads((Path(model_dir) / "config.json").read_text())["vision_config"]
+
+
+def adapt_resolution(model, image_size: int, patch_size: int):
+    """`model` with its patch kernel resampled to take `image_size` pixels in patches of `patch_size`.
+
+    The token grid must stay the same (image_size / patch_size unchanged) and the patch grow by an
+    integer factor f. The new kernel repeats each weight over an f x f block divided by f^2, so on
+    f-times larger images the model starts as the same function of 2x2-averaged pixels and
+    continued training can then learn to use the finer detail (e.g. circle vs hexagon at 64 px).
+    """
+    import torch
+    from transformers import CLIPModel
+
+    vc = model.config.vision_config
+    if (vc.image_size, vc.patch_size) == (image_size, patch_size):
+        return model
+    if image_size * vc.patch_size != vc.image_size * patch_size or patch_size % vc.patch_size:
+        raise ValueError(f"cannot adapt a {vc.image_size}px/{vc.patch_size} model to {image_size}px/{patch_size}: "
+                         "the patch must grow by an integer factor and the token grid stay the same")
+    f = patch_size // vc.patch_size
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.vision_config.image_size = image_size
+    config.vision_config.patch_size = patch_size
+    state = model.state_dict()
+    key = "vision_model.embeddings.patch_embedding.weight"
+    state[key] = state[key].repeat_interleave(f, 2).repeat_interleave(f, 3) / (f * f)
+    adapted = CLIPModel(config)
+    adapted.load_state_dict(state)
+    with torch.no_grad():
+        adapted.logit_scale.copy_(model.logit_scale)
+    return adapted.to(next(model.parameters()).device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         from transformers import CLIPModel
 
-        model = CLIPModel.from_pretrained(args.init).float().to(device)
+        model = CLIPModel.from_pretrained(args.init).float()
+        model = adapt_resolution(model, args.image_size, args.patch_size).to(device)
     else:
         model = build_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -498,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         "two_object_prob": args.two_object_prob,
         "label_bank_captions": 0 if args.no_bank else len(label_bank()),
         "init": args.init,
+        "init_resolution": ({k: _init_vision(args.init)[k] for k in ("image_size", "patch_size")}
+                            if args.init else None),
         "hard_batches": args.hard_batches,
         "steps": args.steps,
         "batch_size": args.batch_size,
