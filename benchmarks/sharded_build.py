@@ -66,7 +66,7 @@ def _peak() -> dict:
 
 
 def run_sharded(store: str, workers: int, max_memory: int, nlist: int | None, out) -> None:
-    from indexer.sharded_index import build_sharded, plan_sharded, plan_dict
+    from indexer.sharded_index import build_sharded, plan_dict, plan_sharded
     from indexer.store import StoreWriter
 
     t0 = time.perf_counter()

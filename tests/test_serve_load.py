@@ -10,7 +10,6 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
-
 from serving import running  # noqa: E402
 
 CLIENTS = 6

@@ -6,11 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
+from test_faiss_index import DIM, INFO, clustered
 
 from indexer.sharded_index import ONDISK, PARTS, build_sharded, plan_sharded
 from indexer.store import Store, StoreWriter
 from search import Searcher
-from test_faiss_index import DIM, INFO, clustered
 
 N = 6000
 
