@@ -14,6 +14,12 @@ Pipeline:
    in a batch are positives, and more generally every caption that truthfully describes an
    image in the batch is a positive for it: targets are soft (uniform over the positives).
    Random horizontal/vertical flips swap left/right and top/bottom in the labels.
+   A fraction of objects (``--off-palette``) is drawn in colours that none of the eight
+   colour words names (lime, teal, azure, indigo, magenta, greys) and a fraction of images
+   (``--grayscale``) is shown in grey; their captions never name a colour. Every shape then
+   comes in many hues, so the vision tower has to see shape apart from colour: without
+   this it learned shortcuts such as "a round red thing is a hexagon" (red circles are held
+   out), and held-out images were misread by shape.
 4. Save model (safetensors), tokenizer and image processor so that ``AutoModel``,
    ``AutoProcessor`` and ``pipeline("zero-shot-image-classification")`` load the folder
    offline, then measure quality (``pixdex.demo.quality``) and write ``training.json``.
@@ -22,6 +28,8 @@ Pipeline:
 from __future__ import annotations
 
 import argparse
+import colorsys
+import dataclasses
 import hashlib
 import json
 import math
@@ -87,12 +95,79 @@ def _render_chunk(args):
     return np.asarray(px, dtype=np.float16)
 
 
+# Colour label of objects drawn off the palette: no caption names it, so its code matches no colour word.
+OFF_PALETTE = "other"
+OFF_CODE = len(world.COLORS)
+# Hues (degrees) at least 15 degrees from every named colour's (red 358, orange 31, yellow 54, green 127,
+# cyan 183, blue 230, purple 279, pink 325), jittered by at most 8: lime, spring green, azure, indigo, magenta.
+OFF_HUES = (90.0, 155.0, 207.0, 254.0, 302.0)
+OFF_HUE_JITTER = 8.0
+# An off-palette object whose shape belongs to a held-out pair keeps this far (degrees) from that pair's
+# colour, so nothing close to e.g. a purple hexagon is ever shown in training.
+HELDOUT_HUE_MARGIN = 40.0
+
+
+def _hue(rgb: tuple[int, int, int]) -> float:
+    return 360.0 * colorsys.rgb_to_hsv(*(c / 255.0 for c in rgb))[0]
+
+
+def _hue_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360.0
+    return min(d, 360.0 - d)
+
+
+def off_palette_hues(shape: str) -> list[float]:
+    """The off-palette hues allowed for `shape`: those far from its held-out colour, if it has one."""
+    avoid = [_hue(world.COLOR_RGB[c]) for c, s in world.HELDOUT_COMBOS if s == shape]
+    return [h for h in OFF_HUES if all(_hue_distance(h, a) >= HELDOUT_HUE_MARGIN + OFF_HUE_JITTER for a in avoid)]
+
+
+def off_palette_rgb(rng: np.random.Generator, shape: str, background_level: float) -> tuple[int, int, int]:
+    """A colour no colour word of the shapes world names: an in-between hue, or a grey that stands out."""
+    hues = off_palette_hues(shape)
+    if not hues or rng.random() < 0.25:
+        v = int(rng.integers(140, 250)) if background_level < 128 else int(rng.integers(10, 110))
+        return tuple(int(np.clip(v + rng.integers(-4, 5), 0, 255)) for _ in range(3))
+    hue = (hues[int(rng.integers(len(hues)))] + rng.uniform(-OFF_HUE_JITTER, OFF_HUE_JITTER)) / 360.0
+    rgb = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 0.9), rng.uniform(0.65, 0.95))
+    return tuple(int(round(255 * c)) for c in rgb)
+
+
+def recolor_off_palette(scenes: list[world.Scene], fraction: float, seed: int) -> list[world.Scene]:
+    """`scenes` with each object, with probability `fraction`, redrawn in an off-palette colour."""
+    if fraction <= 0:
+        return scenes
+    rng = np.random.default_rng(seed)
+    out = []
+    for scene in scenes:
+        level = float(np.mean(scene.bg_rgb))
+        objects = tuple(dataclasses.replace(o, color=OFF_PALETTE, rgb=off_palette_rgb(rng, o.shape, level))
+                        if rng.random() < fraction else o for o in scene.objects)
+        out.append(dataclasses.replace(scene, objects=objects))
+    return out
+
+
+def _code(attr: int, value: str) -> int:
+    return OFF_CODE if attr == 0 and value == OFF_PALETTE else VOCABS[attr].index(value)
+
+
 def scene_codes(scene: world.Scene) -> np.ndarray:
     """[2, 4] int8 attribute indices of the (up to two) objects; -2 marks a missing object."""
     codes = np.full((2, 4), -2, dtype=np.int8)
     for k, obj in enumerate(scene.objects[:2]):
-        codes[k] = [VOCABS[a].index(getattr(obj, name)) for a, name in enumerate(ATTRS)]
+        codes[k] = [_code(a, getattr(obj, name)) for a, name in enumerate(ATTRS)]
     return codes
+
+
+def to_grayscale(x, mean, std):
+    """Normalised pixel batch [N, 3, H, W] shown in grey (ITU-R 601 luma), normalised again."""
+    import torch
+
+    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    rgb = x * std + mean
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (luma - mean) / std
 
 
 def render_training_set(scenes, image_size: int, render_size: int, workers: int, log=print):
@@ -161,6 +236,8 @@ def make_caption(objs: list[dict], rnd: random.Random, include: set[str] | None 
     parts = []
     for k, obj in enumerate(chosen):
         inc = include if include is not None else set(ATTRS) if full else _include(rnd)
+        if obj["color"] == OFF_PALETTE:  # no colour word fits: name the shape instead
+            inc = (inc - {"color"}) or {"shape"}
         parts.append(_object_phrase(obj, rnd, inc, bare and k == 0))
         cons[k] = [VOCABS[a].index(obj[name]) if name in inc else -1 for a, name in enumerate(ATTRS)]
     text = prefix + " and ".join(parts)
@@ -310,6 +387,10 @@ def parse_args(argv):
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--init", default=None,
                    help="start from this saved shapes-clip folder instead of random weights (continue training)")
+    p.add_argument("--off-palette", type=float, default=0.25,
+                   help="fraction of training objects drawn in colours no colour word names (captions omit colour)")
+    p.add_argument("--grayscale", type=float, default=0.1,
+                   help="fraction of training images shown in grey at each step (captions omit colour)")
     p.add_argument("--hard-batches", type=float, default=0.0,
                    help="fraction of steps whose batch holds only two colours, so captions must be told apart "
                         "by shape, size and position")
@@ -375,8 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     # Scenes first (pure numpy/PIL), rendered in worker processes before torch spins up threads.
     scenes = world.random_scenes(args.train_size, seed=args.seed, exclude_combos=world.HELDOUT_COMBOS,
                                  two_object_prob=args.two_object_prob)
+    scenes = recolor_off_palette(scenes, args.off_palette, args.seed + 4)
     assert not any(s.combos() & set(world.HELDOUT_COMBOS) for s in scenes)
-    key = f"{args.seed}-{args.train_size}-{args.two_object_prob}-{args.image_size}-{args.render_size}"
+    key = f"{args.seed}-{args.train_size}-{args.two_object_prob}-{args.off_palette}-{args.image_size}"
+    key += f"-{args.render_size}"
     key += "-" + hashlib.sha1("|".join(repr(s) for s in scenes[:200]).encode()).hexdigest()[:12]
     pixels = None
     if args.cache and Path(args.cache).is_file():
@@ -459,11 +542,16 @@ def main(argv: list[str] | None = None) -> int:
         fy = torch.rand(len(idx)) < 0.5
         x[fx] = x[fx].flip(-1)
         x[fy] = x[fy].flip(-2)
+        gray = torch.rand(len(idx)) < args.grayscale
+        if gray.any():
+            x[gray] = to_grayscale(x[gray], image_processor.image_mean, image_processor.image_std)
         texts, cons = [], []
         for k, i in enumerate(idx):
             ob = []
             for o in objs[i]:
                 o = dict(o)
+                if gray[k]:
+                    o["color"] = OFF_PALETTE
                 if fx[k]:
                     o["position"] = FLIP_X.get(o["position"], o["position"])
                 if fy[k]:
@@ -471,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                 ob.append(o)
             for j, o in enumerate(ob):
                 c[k, j, 3] = world.POSITIONS.index(o["position"])
+                c[k, j, 0] = _code(0, o["color"])
             t, cn = make_caption(ob, rnd)
             texts.append(t)
             cons.append(cn)
@@ -542,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         "init_resolution": ({k: _init_vision(args.init)[k] for k in ("image_size", "patch_size")}
                             if args.init else None),
         "hard_batches": args.hard_batches,
+        "off_palette": args.off_palette,
+        "grayscale": args.grayscale,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
