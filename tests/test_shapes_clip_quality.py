@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import shapes_clip_promise
 
 from pixdex.demo import world
 
@@ -68,24 +67,35 @@ def quality(shapes_clip):
     return evaluate(shapes_clip)
 
 
+# The issue's bars (#2), asserted as they stand on the shipped weights and the fixed evaluation seed.
+TARGETS = {"color_top1": 0.95, "shape_top1": 0.90, "heldout_top1": 0.70, "p_at_10": 0.90}
+
+
 @pytest.mark.slow
 def test_quality_colour_and_shape(quality):
-    assert quality["color_top1"] >= 0.95
-    # The issue's bar is 0.90; the shipped weights reach less (training.json). Assert the model card
-    # (its measured figures, reproduced within noise) and never less than well above chance (1/6).
-    assert quality["shape_top1"] >= max(0.3, shapes_clip_promise("shape_top1", 0.90, slack=0.05))
+    assert quality["color_top1"] >= TARGETS["color_top1"]
+    assert quality["shape_top1"] >= TARGETS["shape_top1"]
 
 
 @pytest.mark.slow
 def test_quality_heldout_combinations(quality):
+    # colour x shape pairs never seen in training, images or captions: the real zero-shot case
     assert quality["eval"]["heldout_images"] >= 100
-    assert quality["heldout_top1"] >= shapes_clip_promise("heldout_top1", 0.70, slack=0.05)  # issue: 0.70
+    assert quality["heldout_top1"] >= TARGETS["heldout_top1"]
 
 
 @pytest.mark.slow
 def test_quality_text_to_image_precision(quality):
     assert quality["eval"]["queries"] == len(world.ALL_COMBOS)
-    assert quality["p_at_10"] >= max(0.3, shapes_clip_promise("p_at_10", 0.90, slack=0.05))  # issue: 0.90
+    assert quality["p_at_10"] >= TARGETS["p_at_10"]
+
+
+@pytest.mark.slow
+def test_model_card_figures_are_reproduced(quality, shapes_clip):
+    """training.json (and the README model card copied from it) states what this machine measures."""
+    recorded = json.loads((Path(shapes_clip) / "training.json").read_text())["quality"]
+    for metric in (*TARGETS, "seen_top1", "p_at_10_heldout"):
+        assert abs(quality[metric] - recorded[metric]) <= 0.01, (metric, quality[metric], recorded[metric])
 
 
 @pytest.mark.slow
