@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -30,8 +31,9 @@ def truth_by_path(store_dir: Path, attrs: tuple[str, ...] = ("color", "shape")) 
 
 
 def shared_attributes(a: list[tuple], b: list[tuple]) -> int:
-    """How many of colour, shape, size, position the first objects of two scenes have in common."""
-    return sum(x == y for x, y in zip(a[0], b[0]))
+    """How many of colour, shape, size, position the most alike objects of two scenes have in common
+    (objects of a two-object scene come in no particular order)."""
+    return max(sum(x == y for x, y in zip(oa, ob)) for oa in a for ob in b)
 
 
 @pytest.mark.slow
@@ -58,9 +60,13 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         assert len(ids) == 24
         n = min(6, sum(("red", "circle") in objs for objs in truth.values()))
         assert n >= 3, "the fixture collection should hold several red circles"
-        paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in ids[:n]]
-        red_circles = [("red", "circle") in truth[str(Path(p).resolve())] for p in paths]
-        assert sum(red_circles) >= n - 1, list(zip(paths, red_circles))
+        # The top n are all red, and the top n + 2 hold all but at most one of the n red circles (a
+        # held-out pair: the real zero-shot case; with n = 4 relevant items one rank is all the slack).
+        paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in ids[:n + 2]]
+        objs = [truth[str(Path(p).resolve())] for p in paths]
+        assert all(any(c == "red" for c, _ in o) for o in objs[:n]), list(zip(paths, objs))
+        red_circles = [("red", "circle") in o for o in objs]
+        assert sum(red_circles) >= n - 1, list(zip(paths, objs))
         page.wait_for_function("[...document.querySelectorAll('#results img')].slice(0, 8)"
                                ".every(i => i.complete && i.naturalWidth > 0)")
         page.screenshot(path=str(ARTIFACTS / "web-search-red-circle.png"), full_page=True)
@@ -74,14 +80,16 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         page.wait_for_function(f"document.querySelector('#status').textContent.includes('more like #{first}')")
         similar = [int(x) for x in page.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")]
         assert first not in similar
-        sim_paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar[: n - 1]]
-        # image-to-image similarity: the neighbours look like the clicked image (colour, shape, size,
-        # position) far more than the collection at large does
+        k = 8
+        sim_paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar[:k]]
+        # image-to-image similarity: the first k neighbours look like the clicked image (colour, shape,
+        # size, position) more than k images drawn at random would, by three standard errors
         full = truth_by_path(shapes_store, ("color", "shape", "size", "position"))
         clicked = full[str(Path(paths[0]).resolve())]
         near = [shared_attributes(clicked, full[str(Path(p).resolve())]) for p in sim_paths]
-        everyone = [shared_attributes(clicked, objs) for objs in full.values()]
-        assert sum(near) / len(near) >= sum(everyone) / len(everyone) + 1.0, (near, sum(everyone) / len(everyone))
+        everyone = np.array([shared_attributes(clicked, objs) for objs in full.values()], dtype=float)
+        bar = everyone.mean() + 3 * everyone.std() / np.sqrt(k)
+        assert np.mean(near) >= bar, (near, everyone.mean(), bar)
 
         # Tagging panel: predicted shape label per shown image.
         page.fill("#labels", ", ".join(SHAPES))
