@@ -1,7 +1,8 @@
 """The embedding job: sources -> safe decode (worker processes) -> encoder -> store -> FAISS index.
 
 Incremental like rclip: unchanged files (size+mtime) are skipped, changed ones re-encoded, renamed or
-copied ones (same content hash) reuse their stored embedding, deleted ones are removed. Rows are
+copied ones (same content hash) reuse their stored embedding, as do copies met within one run, and
+deleted ones are removed. Rows are
 committed a shard at a time, so a killed job resumes where its last commit left off.
 """
 
@@ -42,7 +43,7 @@ class IndexSummary:
     indexed: int = 0  # new paths, encoded
     unchanged: int = 0  # same size+mtime, or same content after a touch
     updated: int = 0  # changed files: the old row replaced by a new one
-    reused: int = 0  # new paths whose content was already stored (renames, copies): no encoding
+    reused: int = 0  # new paths whose content was stored or encoded earlier in the run (renames, copies): no encoding
     removed: int = 0  # stored files that are gone
     failed: int = 0  # files that could not be read or decoded (see the store's error table)
     encoded: int = 0  # images that went through the model
@@ -206,32 +207,61 @@ def default_workers(encoder: Encoder) -> int:
 
 
 class _Batcher:
-    """Collects rows to store; encodes the ones that need the model a batch at a time, in order."""
+    """Collects rows to store; encodes the ones that need the model a batch at a time, in order.
+
+    A file whose content was already encoded in this run (a copy under another path) is not encoded
+    again: its row takes the first copy's embedding, queued or already written.
+    """
 
     def __init__(self, encoder: Encoder, writer: StoreWriter, batch_size: int, bar):
         self.encoder, self.writer, self.batch_size, self.bar = encoder, writer, batch_size, bar
-        self.queue: list[tuple[dict, dict | None, np.ndarray | None]] = []  # (row, pixels, reused vector)
+        # (row, pixels, vector, index of the queued row it copies)
+        self.queue: list[tuple[dict, dict | None, np.ndarray | None, int | None]] = []
+        self.queued: dict[str, int] = {}  # sha256 -> queue index, rows to encode in the next flush
+        self.written: dict[str, int] = {}  # sha256 -> store id, rows encoded and written in this run
         self.to_encode = 0
         self.encoded = 0
 
     def add(self, row: dict, pixels: dict | None = None, vector: np.ndarray | None = None, fresh: bool = False) -> None:
         """Queue a row with its pixels to encode, or its vector (fresh: just encoded elsewhere, e.g. by Ray)."""
-        self.queue.append((row, pixels, vector))
+        if pixels is not None:
+            self.queued.setdefault(row["sha256"], len(self.queue))
+        self.queue.append((row, pixels, vector, None))
         self.to_encode += pixels is not None or fresh
         self.encoded += fresh
+        self._maybe_flush()
+
+    def add_copy(self, row: dict) -> bool:
+        """Queue `row` with the embedding of the same content encoded earlier in this run; False if none."""
+        sha = row["sha256"]
+        if sha in self.queued:
+            self.queue.append((row, None, None, self.queued[sha]))
+        elif sha in self.written:
+            self.queue.append((row, None, self.writer.vectors([self.written[sha]])[0], None))
+        else:
+            return False
+        self._maybe_flush()
+        return True
+
+    def _maybe_flush(self) -> None:
         if self.to_encode >= self.batch_size or len(self.queue) >= 4 * self.batch_size:
             self.flush()
 
     def flush(self) -> None:
         if not self.queue:
             return
-        pixels = [p for _, p, _ in self.queue if p is not None]
+        pixels = [p for _, p, _, _ in self.queue if p is not None]
         emb = iter(self.encoder.embed_pixels(stack_pixels(pixels)) if pixels else [])
-        vectors = [next(emb) if p is not None else v for _, p, v in self.queue]
-        self.writer.append([r for r, _, _ in self.queue], np.stack(vectors))
+        vectors: list[np.ndarray] = []
+        for _, p, v, copy_of in self.queue:
+            vectors.append(next(emb) if p is not None else vectors[copy_of] if copy_of is not None else v)
+        ids = self.writer.append([r for r, _, _, _ in self.queue], np.stack(vectors))
+        for (row, p, _, _), i in zip(self.queue, ids):
+            if p is not None:
+                self.written.setdefault(row["sha256"], i)
         self.encoded += len(pixels)
         self.bar.update(len(self.queue))
-        self.queue, self.to_encode = [], 0
+        self.queue, self.queued, self.to_encode = [], {}, 0
 
 
 def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash: dict[str, OldRow], snap: Store,
@@ -263,6 +293,8 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
             summary.updated += 1
         if reuse is not None:
             batcher.add(row, vector=snap.vectors([reuse.id])[0])
+            summary.reused += old is None
+        elif "pixels" in prep and batcher.add_copy(row):  # a copy of a file encoded earlier in this run
             summary.reused += old is None
         elif "embedding" in prep:  # embedded by the Ray engine's actors
             batcher.add(row, vector=prep["embedding"], fresh=True)

@@ -389,6 +389,22 @@ class StoreWriter:
             self.commit()
         return ids
 
+    def vectors(self, ids) -> np.ndarray:
+        """float32 embeddings of rows committed before or appended by this writer (pending ones too)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(ids), self.manifest["dim"]), np.float32)
+        first_pending = self.manifest["next_id"]
+        committed = ids < first_pending
+        if committed.any():
+            out[committed] = self.snapshot().vectors(ids[committed], cache=False)
+        if (~committed).any():
+            pending = np.concatenate(self._pending_emb)
+            rel = ids[~committed] - first_pending
+            if rel.max() >= len(pending):
+                raise PixdexError(f"unknown id {int(ids[~committed][rel.argmax()])} in store {self.path}")
+            out[~committed] = pending[rel]
+        return out
+
     def delete(self, ids) -> None:
         """Mark stored rows as removed (from the next commit on)."""
         new = {int(i) for i in ids} - self._deleted

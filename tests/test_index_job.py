@@ -165,6 +165,30 @@ def test_incremental_runs_encode_only_what_changed(tmp_path, photos, tiny_encode
     assert (fourth.unchanged, fourth.encoded) == (10, 0)  # the touched file's new mtime was recorded
 
 
+@pytest.mark.parametrize("batch_size,shard_rows", [(8, 4096), (1, 4096), (1, 1)],
+                         ids=["copy-in-the-same-batch", "copy-after-a-flush", "copy-after-a-commit"])
+def test_copies_within_one_run_are_encoded_once(tmp_path, photos, tiny_encoder, batch_size, shard_rows):
+    files = sorted(photos.glob("shape_*"))
+    (photos / "sub").mkdir()
+    copies = [photos / ("a_copy" + files[0].suffix), photos / "sub" / ("z_copy" + files[0].suffix)]
+    for c in copies:
+        shutil.copy(files[0], c)
+    shutil.copy(files[1], photos / "sub" / ("b_copy" + files[1].suffix))
+    store = tmp_path / "s.pixdex"
+    summary = run([photos], store, tiny_encoder, batch_size=batch_size, shard_rows=shard_rows)
+    assert (summary.count, summary.failed) == (13, 0)  # every path is stored...
+    assert summary.encoded == 10 and summary.indexed + summary.reused == 13 and summary.reused == 3  # ...once encoded
+    rows = by_path(store)
+    assert len({i for i, _ in rows.values()}) == 13
+    for c in copies:
+        assert np.array_equal(rows[str(c)][1], rows[str(files[0])][1])
+    assert np.array_equal(rows[str(photos / "sub" / ("b_copy" + files[1].suffix))][1], rows[str(files[1])][1])
+    want = tiny_encoder.encode_images([str(files[0])])[0]
+    assert np.allclose(rows[str(copies[1])][1], want, atol=2e-3)  # the embedding of that content, not another
+    again = run([photos], store, tiny_encoder, batch_size=batch_size, shard_rows=shard_rows)
+    assert (again.unchanged, again.encoded, again.count) == (13, 0, 13)
+
+
 def test_removal_is_scoped_to_the_sources_scanned(tmp_path, photos, tiny_encoder, shapes_dir):
     other = tmp_path / "other"
     other.mkdir()
