@@ -2,8 +2,8 @@
 
 Incremental like rclip: unchanged files (size+mtime) are skipped, changed ones re-encoded, renamed or
 copied ones (same content hash) reuse their stored embedding, as do copies met within one run, and
-deleted ones are removed. Rows are
-committed a shard at a time, so a killed job resumes where its last commit left off.
+deleted ones are removed. Rows are committed a shard at a time, so a killed job resumes where its
+last commit left off.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class IndexSummary:
     indexed: int = 0  # new paths, encoded
     unchanged: int = 0  # same size+mtime, or same content after a touch
     updated: int = 0  # changed files: the old row replaced by a new one
-    reused: int = 0  # new paths whose content was stored or encoded earlier in the run (renames, copies): no encoding
+    reused: int = 0  # new paths whose content was stored, or encoded earlier in this run: no encoding
     removed: int = 0  # stored files that are gone
     failed: int = 0  # files that could not be read or decoded (see the store's error table)
     encoded: int = 0  # images that went through the model

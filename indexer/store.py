@@ -346,6 +346,7 @@ class StoreWriter:
         self._errors_dirty = False
         self._mtimes: dict[int, float] = {}
         self._dirty = False
+        self._reader: Store | None = None  # vectors(): a snapshot of the current generation, shards mapped once
 
     def _open_manifest(self, model: ModelInfo | None) -> None:
         """Read the committed manifest, or commit an empty one so a killed first run leaves a valid store."""
@@ -396,7 +397,9 @@ class StoreWriter:
         first_pending = self.manifest["next_id"]
         committed = ids < first_pending
         if committed.any():
-            out[committed] = self.snapshot().vectors(ids[committed], cache=False)
+            if self._reader is None or self._reader.manifest["generation"] != self.manifest["generation"]:
+                self._reader = self.snapshot()
+            out[committed] = self._reader.vectors(ids[committed])
         if (~committed).any():
             pending = np.concatenate(self._pending_emb)
             rel = ids[~committed] - first_pending

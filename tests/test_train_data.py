@@ -3,7 +3,6 @@ without ever showing a held-out colour-shape pair (or anything near one)."""
 
 from __future__ import annotations
 
-import colorsys
 import random
 
 import numpy as np
@@ -14,21 +13,14 @@ from pixdex.demo.train import (
     HELDOUT_HUE_MARGIN,
     OFF_CODE,
     OFF_PALETTE,
+    _hue,
+    _hue_distance,
     make_caption,
     positives,
     recolor_off_palette,
     scene_codes,
     to_grayscale,
 )
-
-
-def _hue(rgb) -> float:
-    return 360.0 * colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
-
-
-def _hue_distance(a: float, b: float) -> float:
-    d = abs(a - b) % 360
-    return min(d, 360 - d)
 
 
 def _training_scenes(n=3000, fraction=0.5):
