@@ -12,6 +12,10 @@ defaults, random weights: speed does not depend on weight values). Prints images
 
     python benchmarks/index_cpu.py --images 200
     python benchmarks/index_cpu.py --images 200 --image-size 1024   # photo-sized JPEG/PNG files
+    python benchmarks/index_cpu.py --images 200 --copies 0.25        # plus 50 byte-identical copies
+
+With --copies F, that fraction of the files is copied again under other names (a folder of photos with
+duplicates): pixdex encodes each content once, the loops encode every path.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -62,15 +67,15 @@ def docs_loop(model_dir: str, paths: list[Path], batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def pixdex_run(encoder, folder: Path, work: Path, batch_size: int, workers: int | None) -> tuple[float, int]:
-    """Seconds for index_collection into a fresh store, and the number of images stored."""
+def pixdex_run(encoder, folder: Path, work: Path, batch_size: int, workers: int | None) -> tuple[float, int, int]:
+    """Seconds for index_collection into a fresh store, the number of images stored and of images encoded."""
     from indexer.job import index_collection
 
     store = Path(tempfile.mkdtemp(dir=work)) / "s.pixdex"
     t0 = time.perf_counter()
     summary = index_collection([str(folder)], store, model=encoder, batch_size=batch_size, workers=workers,
                                progress=False, log=lambda m: None)
-    return time.perf_counter() - t0, summary.count
+    return time.perf_counter() - t0, summary.count, summary.encoded
 
 
 def main() -> None:
@@ -81,6 +86,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="pixdex decoding processes (default: cores-1)")
     ap.add_argument("--models", default="shapes-clip,vit-b-32")
     ap.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
+    ap.add_argument("--copies", type=float, default=0.0, help="fraction of files copied again under other names")
     args = ap.parse_args()
 
     import torch
@@ -92,11 +98,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pixdex-index-bench-"))
     folder = work / "images"
     write_collection(folder, count=args.images, seed=1, image_size=args.image_size)
-    paths = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+    originals = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+    (folder / "copies").mkdir()
+    for p in originals[: round(args.copies * len(originals))]:
+        shutil.copy(p, folder / "copies" / p.name)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
     print(f"# {len(paths)} images of {args.image_size}px (JPEG+PNG), batch {args.batch_size}, "
           f"{os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.1f}, "
-          f"best of {args.repeat}")
+          f"best of {args.repeat}, {len(paths) - len(originals)} of them copies")
     print(f"{'model':<12} {'method':<28} {'seconds':>8} {'images/s':>9} {'pixdex speed-up':>16}")
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name == "vit-b-32":
@@ -110,8 +120,9 @@ def main() -> None:
         docs_loop(model_dir, paths[:4], 4)  # warm-up: first-call allocations are not what we measure
         best = {}
         for _ in range(args.repeat):  # interleaved, so background load affects every method alike
-            seconds, count = pixdex_run(encoder, folder, work, args.batch_size, args.workers)
+            seconds, count, encoded = pixdex_run(encoder, folder, work, args.batch_size, args.workers)
             assert count == len(paths), f"pixdex stored {count} of {len(paths)} images"
+            assert encoded == len(originals), f"pixdex encoded {encoded} images for {len(originals)} contents"
             for method, sec in [("pixdex index_collection", seconds),
                                 ("transformers docs loop (1)", docs_loop(model_dir, paths, 1)),
                                 (f"transformers loop ({args.batch_size})", docs_loop(model_dir, paths, args.batch_size))]:
