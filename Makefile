@@ -26,5 +26,10 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check indexer search classify pixdex tests benchmarks
 
+# The quick benchmarks (minutes on 2 cores); each prints ratios against a peer run in the same process.
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/pipeline_vs_store.py --images 200 --model shapes-clip
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/search_latency.py --quick
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
