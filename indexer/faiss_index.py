@@ -243,16 +243,6 @@ def tune_params(index, queries: np.ndarray, truth: np.ndarray, spec: IndexSpec,
     return best
 
 
-def tune(index, vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, n_queries: int = 200,
-         target: float = TARGET_RECALL, seed: int = 0) -> TuneResult:
-    """tune_params with noisy stored vectors as queries and exact search over `vectors` as truth."""
-    n = len(vectors)
-    pick = np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False)
-    q = noisy_queries(vectors[pick], seed)
-    truth = np.asarray(ids)[exact_top_k(vectors, q, min(10, n))]
-    return tune_params(index, q, truth, spec, target)
-
-
 def index_record(spec: IndexSpec, tuned: TuneResult, ntotal: int) -> dict:
     """The manifest's description of a built index."""
     record = {**asdict(spec), "params": tuned.params, "recall_at_10": round(tuned.recall_at_10, 4),

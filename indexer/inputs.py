@@ -6,7 +6,6 @@ import base64
 import binascii
 import os
 import urllib.request
-from pathlib import Path
 
 from PIL import Image
 
@@ -65,7 +64,3 @@ def load_image_input(
     except DecodeError as exc:
         raise PixdexError(f"cannot decode image {name}: {exc}") from None
 
-
-def is_image_path(text: str) -> bool:
-    """True when a query string names an existing file or a URL (rather than free text)."""
-    return text.startswith(("http://", "https://")) or Path(text).expanduser().is_file()

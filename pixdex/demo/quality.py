@@ -3,7 +3,7 @@
 `evaluate` renders a FRESH balanced collection with `EVAL_SEED` (a seed that training never
 uses: ``pixdex.demo.train`` refuses it), writes it to a temporary folder as JPEG/PNG files
 plus labels.csv exactly like ``pixdex shapes`` does, reads the files back, and scores the
-model with plain zero-shot prompts through ``CLIPModel`` + ``AutoProcessor``:
+model with plain zero-shot prompts through indexer's ``Encoder`` (the model's own processor):
 
 * ``color_top1``: single-object images, prompts ``"a photo of a red shape."`` over all colours;
 * ``shape_top1``: single-object images, prompts ``"a photo of a circle."`` over all shapes;
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.encoder import Encoder
 from pixdex.demo import world
 
 # Never used for training data (train.py rejects it); keep it fixed so figures are comparable.
@@ -67,42 +68,21 @@ def default_model_dir() -> str:
 
 
 @lru_cache(maxsize=4)
-def load(model_dir: str | None = None, device: str = "cpu"):
-    """(model, processor) of a saved shapes-clip directory, in eval mode."""
-    from transformers import AutoProcessor, CLIPModel
-
-    model_dir = str(model_dir or default_model_dir())
-    model = CLIPModel.from_pretrained(model_dir).float().to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    return model, processor
+def load(model_dir: str | None = None, device: str = "cpu") -> Encoder:
+    """indexer's Encoder for a saved shapes-clip directory: the same features the store and search use."""
+    return Encoder(str(model_dir or default_model_dir()), device=device)
 
 
-def _text_features(model, processor, texts: list[str], device: str):
+def _text_features(encoder: Encoder, texts: list[str]):
     import torch
 
-    with torch.no_grad():
-        enc = processor.tokenizer(texts, padding=True, return_tensors="pt").to(device)
-        feats = model.get_text_features(**enc)
-        feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
+    return torch.from_numpy(encoder.encode_texts(texts))
 
 
-def _image_features(model, processor, paths: list[Path], device: str, batch_size: int = 128):
+def _image_features(encoder: Encoder, paths: list[Path], batch_size: int = 128):
     import torch
-    from PIL import Image
 
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(paths), batch_size):
-            images = []
-            for p in paths[i : i + batch_size]:
-                with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
-            px = processor.image_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-            feats = model.get_image_features(pixel_values=px)
-            feats = feats if isinstance(feats, torch.Tensor) else feats.pooler_output
-            out.append(torch.nn.functional.normalize(feats.float(), dim=-1))
-    return torch.cat(out)
+    return torch.from_numpy(encoder.encode_images([str(p) for p in paths], batch_size=batch_size))
 
 
 def eval_scenes(seed: int = EVAL_SEED, per_combo: int = DEFAULT_PER_COMBO,
@@ -135,20 +115,20 @@ def evaluate(model_dir: str | None = None, seed: int = EVAL_SEED, n: int = DEFAU
     import torch
 
     torch.manual_seed(0)
-    model, processor = load(str(model_dir or default_model_dir()), device)
+    encoder = load(str(model_dir or default_model_dir()), device)
     singles, doubles = eval_scenes(seed, n, heldout_extra, two_object)
     scenes = singles + doubles
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         labels = world.write_scenes(tmp, scenes, prefix="eval")
         rows = world.read_labels(labels)
         paths = [Path(tmp) / r["file"] for r in rows]
-        img = _image_features(model, processor, paths, device)
+        img = _image_features(encoder, paths)
     objs = [world.row_objects(r) for r in rows]
     n_single = len(singles)
     heldout = set(world.HELDOUT_COMBOS)
 
     def top1(prompts, truths, idx):
-        t = _text_features(model, processor, prompts, device)
+        t = _text_features(encoder, prompts)
         pred = (img[idx] @ t.T).argmax(dim=1).tolist()
         return float(np.mean([p == truths[i] for p, i in zip(pred, idx)]))
 
@@ -168,7 +148,7 @@ def evaluate(model_dir: str | None = None, seed: int = EVAL_SEED, n: int = DEFAU
         "seen_top1": top1(combo_prompts, combo_truth, seen_idx),
     }
     # Text-to-image precision@10 over the whole mixed collection.
-    q = _text_features(model, processor, [combo_query(c, s) for c, s in world.ALL_COMBOS], device)
+    q = _text_features(encoder, [combo_query(c, s) for c, s in world.ALL_COMBOS])
     top = (q @ img.T).topk(10, dim=1).indices.tolist()
     has = [{(o["color"], o["shape"]) for o in ob} for ob in objs]
     p10 = [np.mean([combo in has[j] for j in top[k]]) for k, combo in enumerate(world.ALL_COMBOS)]
@@ -194,7 +174,7 @@ def predict(model_dir: str | None = None, collection_dir: str | Path | None = No
     """
     import torch
 
-    model, processor = load(str(model_dir or default_model_dir()), device)
+    encoder = load(str(model_dir or default_model_dir()), device)
     labels = labels or [f"{c} {s}" for c, s in world.ALL_COMBOS]
     prompts = [f"a photo of {article(lab)} {lab}." for lab in labels]
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,9 +182,9 @@ def predict(model_dir: str | None = None, collection_dir: str | Path | None = No
         if not collection_dir:
             world.write_collection(folder, count=n, seed=seed)
         rows = world.read_labels(folder / "labels.csv")[:n]
-        img = _image_features(model, processor, [folder / r["file"] for r in rows], device)
-    txt = _text_features(model, processor, prompts, device)
-    scale = float(model.logit_scale.exp())
+        img = _image_features(encoder, [folder / r["file"] for r in rows])
+    txt = _text_features(encoder, prompts)
+    scale = encoder.logit_scale
     probs = torch.softmax(scale * img @ txt.T, dim=1)
     out = []
     for r, p in zip(rows, probs):

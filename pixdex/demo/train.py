@@ -439,21 +439,30 @@ def adapt_resolution(model, image_size: int, patch_size: int):
     return adapted.to(next(model.parameters()).device)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    t_start = time.time()
-    if args.threads <= 0:
-        # Two threads on an idle 2-core machine; one when other work competes for the cores
-        # (oversubscribed intra-op threads slow a small model down many times over).
-        cores = os.cpu_count() or 1
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= 1.0
-        args.threads = 1 if busy else min(2, cores)
+@dataclasses.dataclass
+class TrainingSet:
+    """The rendered training images with their labels: pixels, per-object codes and attribute dicts."""
 
-    def log(msg):
-        print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
+    scenes: list
+    pixels: np.ndarray
+    codes: np.ndarray
+    objs: list[list[dict]]
 
-    # Scenes first (pure numpy/PIL), rendered in worker processes before torch spins up threads.
+
+def pick_threads(requested: int) -> int:
+    """Two threads on an idle 2-core machine; one when other work competes for the cores.
+
+    Oversubscribed intra-op threads slow a small model down many times over.
+    """
+    if requested > 0:
+        return requested
+    cores = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= 1.0
+    return 1 if busy else min(2, cores)
+
+
+def load_training_set(args, log) -> TrainingSet:
+    """Draw the scenes and render them (pure numpy/PIL, in worker processes before torch spins up threads)."""
     scenes = world.random_scenes(args.train_size, seed=args.seed, exclude_combos=world.HELDOUT_COMBOS,
                                  two_object_prob=args.two_object_prob)
     scenes = recolor_off_palette(scenes, args.off_palette, args.seed + 4)
@@ -474,31 +483,22 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(args.cache, pixels=pixels, key=np.array(key))
     codes = np.stack([scene_codes(s) for s in scenes])
     objs = [[{n: getattr(o, n) for n in ATTRS} for o in s.objects] for s in scenes]
-    t_render = time.time() - t_start
-    log(f"rendered in {t_render:.0f}s: {pixels.shape} {pixels.dtype}")
+    return TrainingSet(scenes, pixels, codes, objs)
 
-    import torch
 
-    from pixdex.demo.tokenizer import build_tokenizer
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rnd = random.Random(args.seed)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    tokenizer = build_tokenizer(args.max_text_len)
-    image_processor = build_image_processor(args.image_size)
+def initial_model(args, tokenizer, device: str):
+    """A fresh model from the command's sizes, or ``--init``'s weights adapted to ``--image-size``."""
     if args.init:
         from transformers import CLIPModel
 
         model = CLIPModel.from_pretrained(args.init).float()
-        model = adapt_resolution(model, args.image_size, args.patch_size).to(device)
-    else:
-        model = build_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params / 1e6:.2f}M parameters on {device}")
+        return adapt_resolution(model, args.image_size, args.patch_size).to(device)
+    return build_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, args).to(device)
+
+
+def make_optimizer(model, args):
+    """AdamW without decay on biases, norms and embeddings; linear warm-up, then cosine down to 2 %."""
+    import torch
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -511,77 +511,116 @@ def main(argv: list[str] | None = None) -> int:
         t = (step - args.warmup) / max(1, args.steps - args.warmup)
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+class BatchSampler:
+    """Batch indices: shuffled epochs, and with probability ``--hard-batches`` images of two colours only."""
+
+    def __init__(self, codes: np.ndarray, args):
+        self.args, self.n = args, len(codes)
+        self.order = np.random.default_rng(args.seed + 1).permutation(self.n)
+        self.cursor = 0
+        self.hard_rng = np.random.default_rng(args.seed + 3)
+        self.by_color = [np.flatnonzero(codes[:, 0, 0] == c) for c in range(len(world.COLORS))]
+
+    def next(self, step: int) -> np.ndarray:
+        bs = self.args.batch_size
+        if self.cursor + bs > self.n:
+            self.order = np.random.default_rng(self.args.seed + 2 + step).permutation(self.n)
+            self.cursor = 0
+        if self.hard_rng.random() < self.args.hard_batches:  # colour alone cannot match captions
+            pool = np.concatenate([self.by_color[c] for c in self.hard_rng.choice(len(self.by_color), 2,
+                                                                                  replace=False)])
+            return self.hard_rng.choice(pool, bs, replace=False)
+        idx = self.order[self.cursor : self.cursor + bs]
+        self.cursor += bs
+        return idx
+
+
+def augmented_batch(data: TrainingSet, pix, codes_t, idx, image_processor, args):
+    """Pixels and codes of a batch after random flips (labels follow) and grey images; their object dicts."""
+    import torch
+
+    x = pix[idx].float()
+    c = codes_t[idx].clone()
+    fx = torch.rand(len(idx)) < 0.5
+    fy = torch.rand(len(idx)) < 0.5
+    x[fx] = x[fx].flip(-1)
+    x[fy] = x[fy].flip(-2)
+    gray = torch.rand(len(idx)) < args.grayscale
+    if gray.any():
+        x[gray] = to_grayscale(x[gray], image_processor.image_mean, image_processor.image_std)
+    batch_objs = []
+    for k, i in enumerate(idx):
+        ob = []
+        for o in data.objs[i]:
+            o = dict(o)
+            if gray[k]:
+                o["color"] = OFF_PALETTE
+            if fx[k]:
+                o["position"] = FLIP_X.get(o["position"], o["position"])
+            if fy[k]:
+                o["position"] = FLIP_Y.get(o["position"], o["position"])
+            ob.append(o)
+        for j, o in enumerate(ob):
+            c[k, j, 3] = world.POSITIONS.index(o["position"])
+            c[k, j, 0] = _code(0, o["color"])
+        batch_objs.append(ob)
+    return x, c, batch_objs
+
+
+def batch_captions(batch_objs, bank, rnd: random.Random, no_bank: bool):
+    """One fresh caption per image, then the bank of single-attribute captions; their constraint codes."""
+    texts, cons = [], []
+    for ob in batch_objs:
+        t, cn = make_caption(ob, rnd)
+        texts.append(t)
+        cons.append(cn)
+    if not no_bank:
+        for obj, inc in bank:
+            t, cn = make_caption([obj], rnd, inc)
+            texts.append(t)
+            cons.append(cn)
+    return texts, np.stack(cons)
+
+
+def soft_clip_loss(logits, pos):
+    """CLIP loss with soft targets: uniform over every caption describing an image, and every image a caption
+    describes (identical captions, less specific ones...). ``logits`` is [image, text], ``pos`` [text, image]."""
+    import torch
+
+    t_i2t = pos.T / pos.T.sum(1, keepdim=True)
+    has = pos.sum(1) > 0  # a bank caption may describe no image of this batch
+    t_t2i = pos[has] / pos[has].sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-t_i2t * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-t_t2i * logits.T[has].log_softmax(1), 1).mean())
+
+
+def train(model, tokenizer, image_processor, data: TrainingSet, args, device: str, log) -> list[dict]:
+    """The training loop; checkpoints every ``--save-every`` steps. Returns the logged loss history."""
+    import torch
+
+    opt, sched = make_optimizer(model, args)
+    rnd = random.Random(args.seed)
     bank = label_bank()
-    pix = torch.from_numpy(pixels)
-    codes_t = torch.from_numpy(codes).long()
-    n = len(scenes)
-    order = np.random.default_rng(args.seed + 1).permutation(n)
-    cursor = 0
-    hard_rng = np.random.default_rng(args.seed + 3)
-    by_color = [np.flatnonzero(codes[:, 0, 0] == c) for c in range(len(world.COLORS))]
-    out_dir = Path(args.out)
+    pix = torch.from_numpy(data.pixels)
+    codes_t = torch.from_numpy(data.codes).long()
+    sampler = BatchSampler(data.codes, args)
     model.train()
     t_train = time.time()
     run_loss = run_acc = 0.0
     history = []
     for step in range(args.steps):
-        if cursor + args.batch_size > n:
-            order = np.random.default_rng(args.seed + 2 + step).permutation(n)
-            cursor = 0
-        if hard_rng.random() < args.hard_batches:  # two colours only: colour alone cannot match captions
-            pool = np.concatenate([by_color[c] for c in hard_rng.choice(len(by_color), 2, replace=False)])
-            idx = hard_rng.choice(pool, args.batch_size, replace=False)
-        else:
-            idx = order[cursor : cursor + args.batch_size]
-            cursor += args.batch_size
-        x = pix[idx].float()
-        c = codes_t[idx].clone()
-        # Flips: mirror the pixels and swap position labels accordingly.
-        fx = torch.rand(len(idx)) < 0.5
-        fy = torch.rand(len(idx)) < 0.5
-        x[fx] = x[fx].flip(-1)
-        x[fy] = x[fy].flip(-2)
-        gray = torch.rand(len(idx)) < args.grayscale
-        if gray.any():
-            x[gray] = to_grayscale(x[gray], image_processor.image_mean, image_processor.image_std)
-        texts, cons = [], []
-        for k, i in enumerate(idx):
-            ob = []
-            for o in objs[i]:
-                o = dict(o)
-                if gray[k]:
-                    o["color"] = OFF_PALETTE
-                if fx[k]:
-                    o["position"] = FLIP_X.get(o["position"], o["position"])
-                if fy[k]:
-                    o["position"] = FLIP_Y.get(o["position"], o["position"])
-                ob.append(o)
-            for j, o in enumerate(ob):
-                c[k, j, 3] = world.POSITIONS.index(o["position"])
-                c[k, j, 0] = _code(0, o["color"])
-            t, cn = make_caption(ob, rnd)
-            texts.append(t)
-            cons.append(cn)
-        if not args.no_bank:
-            for obj, inc in bank:
-                t, cn = make_caption([obj], rnd, inc)
-                texts.append(t)
-                cons.append(cn)
-        cons_t = torch.from_numpy(np.stack(cons)).long()
-        pos = positives(c, cons_t).float()  # [text, image]
+        idx = sampler.next(step)
+        x, c, batch_objs = augmented_batch(data, pix, codes_t, idx, image_processor, args)
+        texts, cons = batch_captions(batch_objs, bank, rnd, args.no_bank)
+        pos = positives(c, torch.from_numpy(cons).long()).float().to(device)  # [text, image]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=args.max_text_len, return_tensors="pt")
         out = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
                     pixel_values=x.to(device))
         logits = out.logits_per_image  # [image, text]
-        pos = pos.to(device)
-        # Soft targets: uniform over every caption that describes the image (its own, identical
-        # ones, less specific ones...) and over every image a caption describes.
-        t_i2t = pos.T / pos.T.sum(1, keepdim=True)
-        has = pos.sum(1) > 0  # a bank caption may describe no image of this batch
-        t_t2i = pos[has] / pos[has].sum(1, keepdim=True)
-        loss = 0.5 * (torch.sum(-t_i2t * logits.log_softmax(1), 1).mean()
-                      + torch.sum(-t_t2i * logits.T[has].log_softmax(1), 1).mean())
+        loss = soft_clip_loss(logits, pos)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -602,25 +641,16 @@ def main(argv: list[str] | None = None) -> int:
             run_loss = run_acc = 0.0
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
             model.eval()
-            save(model, tokenizer, image_processor, out_dir)
+            save(model, tokenizer, image_processor, Path(args.out))
             model.train()
-            log(f"checkpoint saved to {out_dir}")
-    t_train = time.time() - t_train
+            log(f"checkpoint saved to {args.out}")
+    return history
 
-    model.eval()
-    model = model.cpu()
-    if args.fp16:
-        model = model.half()
-    save(model, tokenizer, image_processor, out_dir)
-    log(f"saved to {out_dir}")
 
-    quality = None
-    if not args.no_eval:
-        from pixdex.demo import quality as q
+def training_record(args, argv, model, device: str, quality, history, times: dict) -> dict:
+    """What ``training.json`` says: the run's settings, model, measured quality and timings."""
+    import torch
 
-        kw = {"n": args.eval_n} if args.eval_n else {}
-        quality = q.evaluate(str(out_dir), **kw)
-        log(f"quality: {json.dumps(quality)}")
     info = {
         "seed": args.seed,
         "eval_seed": EVAL_SEED,
@@ -643,11 +673,11 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "float16" if args.fp16 else "float32",
         "heldout_combos": [list(c) for c in world.HELDOUT_COMBOS],
         "config": _describe(model.config),
-        "parameters": n_params,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "quality": quality,
-        "render_seconds": round(t_render, 1),
-        "train_seconds": round(t_train, 1),
-        "wall_seconds": round(time.time() - t_start, 1),
+        "render_seconds": round(times["render"], 1),
+        "train_seconds": round(times["train"], 1),
+        "wall_seconds": round(times["wall"], 1),
         "command": "python -m pixdex.demo.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": __import__("transformers").__version__},
@@ -657,6 +687,57 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads((Path(args.init) / "training.json").read_text())
         earlier.pop("loss_history", None)
         info["continued_from"] = earlier
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t_start = time.time()
+    args.threads = pick_threads(args.threads)
+
+    def log(msg):
+        print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
+
+    data = load_training_set(args, log)
+    t_render = time.time() - t_start
+    log(f"rendered in {t_render:.0f}s: {data.pixels.shape} {data.pixels.dtype}")
+
+    import torch
+
+    from pixdex.demo.tokenizer import build_tokenizer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = build_tokenizer(args.max_text_len)
+    image_processor = build_image_processor(args.image_size)
+    model = initial_model(args, tokenizer, device)
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device}")
+
+    t_train = time.time()
+    history = train(model, tokenizer, image_processor, data, args, device, log)
+    t_train = time.time() - t_train
+
+    out_dir = Path(args.out)
+    model.eval()
+    model = model.cpu()
+    if args.fp16:
+        model = model.half()
+    save(model, tokenizer, image_processor, out_dir)
+    log(f"saved to {out_dir}")
+
+    quality = None
+    if not args.no_eval:
+        from pixdex.demo import quality as q
+
+        kw = {"n": args.eval_n} if args.eval_n else {}
+        quality = q.evaluate(str(out_dir), **kw)
+        log(f"quality: {json.dumps(quality)}")
+    times = {"render": t_render, "train": t_train, "wall": time.time() - t_start}
+    info = training_record(args, argv, model, device, quality, history, times)
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log(f"done in {info['wall_seconds']:.0f}s")
     return 0
