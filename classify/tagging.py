@@ -43,6 +43,7 @@ from classify.scoring import (
 )
 from indexer.encoder import Encoder, get_encoder, pick_device
 from indexer.errors import PixdexError
+from indexer.params import BATCH_ROWS, SCORE_THRESHOLD, TOP_K, WORKERS, check_device, check_output_file
 from indexer.store import BASE_COLUMNS, Store, StoreWriter
 
 MODES = ("single", "multi")
@@ -150,10 +151,7 @@ def iter_tag_blocks(
     progress: bool = True,
 ) -> Iterator[TagBlock]:
     """Tag every live image of the store, a block at a time, in id order."""
-    if mode not in MODES:
-        raise PixdexError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    if top_k is not None and top_k < 1:
-        raise PixdexError(f"--top-k must be at least 1, not {top_k}")
+    check_tag_params(mode, top_k, None, batch_rows, workers, device)
     if label_set.embeddings.shape[1] != store.dim:
         raise PixdexError(f"label embeddings have dim {label_set.embeddings.shape[1]}, store {store.path} "
                           f"has dim {store.dim}")
@@ -262,8 +260,7 @@ class FileSink:
         fmt = OUTPUT_FORMATS.get(self.path.suffix.lower())
         if fmt is None:
             raise PixdexError(f"output {self.path}: unknown format; use .parquet, .csv or .jsonl")
-        if not self.path.parent.is_dir():
-            raise PixdexError(f"output {self.path}: directory {self.path.parent} does not exist")
+        check_output_file(self.path, "output")
         self.format = fmt
         self.tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
         self._writer = None
@@ -370,6 +367,31 @@ class TagSummary:
         return asdict(self)
 
 
+def check_tag_params(mode: str, top_k: int | None, threshold: float | None, batch_rows: int,
+                     workers: int | None, device: str) -> None:
+    """Refuse a bad tagging parameter before any model loads or anything is written."""
+    if mode not in MODES:
+        raise PixdexError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if top_k is not None:
+        TOP_K.check(top_k, "top_k")
+    if threshold is not None:
+        SCORE_THRESHOLD.check(threshold, "threshold")
+    BATCH_ROWS.check(batch_rows, "batch_rows")
+    if workers is not None:
+        WORKERS.check(workers, "workers")
+    check_device(device)
+
+
+def check_coverage(store: Store, ids: np.ndarray, name: str) -> None:
+    """A tag set is saved only when it tags every live item of the store as it is now: a run that saw
+    fewer (a store changed meanwhile, a bug) must not replace a complete tag set with a partial one."""
+    live = store.ids()
+    missing = np.setdiff1d(live, ids, assume_unique=True)
+    if len(missing):
+        raise PixdexError(f"tag set '{name}' not saved: it covers {len(live) - len(missing)} of the store's "
+                          f"{len(live)} items (did the store change while tagging? run it again)")
+
+
 def open_encoder(store: Store, model: str | None = None, device: str = "auto") -> Encoder:
     """The store's model (or `model`), checked against the store's fingerprint."""
     enc = get_encoder(model or store.model["name"], device=device)
@@ -406,19 +428,20 @@ def tag_store(
     """
     from classify.prompts import check_labels
 
+    check_tag_params(mode, top_k, threshold, batch_rows, workers, device)
     st = store if isinstance(store, Store) else Store.open(store)
     labels = check_labels(labels, allow_duplicates=False)
     if save_as is not None:
         check_tag_name(save_as)
     tpl = resolve_templates(template, templates, ensemble)
+    thr = label_thresholds(labels, threshold, thresholds) if mode == "multi" else None
+    sink = FileSink(out) if out is not None else None  # checks the path; writes nothing yet
     enc = open_encoder(st, model, device)
     label_set = LabelSet.build(enc, labels, tpl, background if mode == "multi" else None)
-    thr = label_thresholds(labels, threshold, thresholds) if mode == "multi" else None
     if mode == "single" and top_k is None:
         top_k = 1
     lists = mode == "multi" or (top_k or 1) > 1
     label_arr = pa.array(labels, pa.string())
-    sink = FileSink(out) if out is not None else None
     tags = TagColumns(save_as, multi=mode == "multi") if save_as is not None else None
     summary = TagSummary(str(st.path), mode, len(labels), len(tpl), out=str(out) if out else None, save_as=save_as)
     counts: Counter = Counter()
@@ -449,7 +472,9 @@ def tag_store(
             sink.close(ok)
     if tags is not None:
         with StoreWriter(st.path) as writer:
-            writer.write_tags(save_as, tags.table())
+            table = tags.table()
+            check_coverage(writer.snapshot(), table["id"].to_numpy(), save_as)
+            writer.write_tags(save_as, table)
     summary.seconds = time.perf_counter() - start
     summary.images_per_second = summary.images / summary.seconds if summary.seconds > 0 else 0.0
     summary.top_labels = {labels[i]: c for i, c in counts.most_common(10)}

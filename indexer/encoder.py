@@ -20,6 +20,7 @@ import torch
 from indexer.errors import PixdexError
 from indexer.inputs import ImageInput, load_image_input
 from indexer.models import DEFAULT_MODEL, explain_load_failure, resolve_model
+from indexer.params import check_device
 from indexer.pixels import normalise, plan_for
 
 SIGLIP_TEXT_LENGTH = 64
@@ -38,7 +39,8 @@ class ModelInfo:
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """`auto` means cuda, then mps, then cpu."""
+    """`auto` means cuda, then mps, then cpu; a device this machine lacks is a PixdexError."""
+    device = check_device(device)
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
@@ -104,12 +106,14 @@ class Encoder:
             with quiet_transformers():
                 self.model = AutoModelForZeroShotImageClassification.from_pretrained(self.path, dtype=dtype)
                 self.processor = AutoProcessor.from_pretrained(self.path)
-        except OSError as exc:
-            raise explain_load_failure(model, exc) from None
-        except ValueError as exc:
-            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: {_first_line(exc)}") from None
         except ImportError as exc:
             raise PixdexError(f"model '{model}' needs a package that is not installed: {_first_line(exc)}") from None
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError):  # a damaged config.json
+                raise explain_load_failure(model, exc, self.path) from None
+            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: {_first_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, torch errors: damaged or missing files
+            raise explain_load_failure(model, exc, self.path) from None
         self.model.to(self.device).eval()
         self.config = self.model.config
         self.model_type = self.config.model_type

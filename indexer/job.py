@@ -27,6 +27,7 @@ from indexer.errors import PixdexError
 from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
 from indexer.models import DEFAULT_MODEL
+from indexer.params import BATCH_SIZE, GPUS_PER_WORKER, MAX_PIXELS, SHARD_ROWS, WORKERS, Bound, check_device
 from indexer.pixels import plan_for, resize_crop
 from indexer.remote import local_path
 from indexer.remote_store import local_store
@@ -335,12 +336,13 @@ def index_collection(
         raise PixdexError("no sources given")
     if index not in INDEX_TYPES:
         raise PixdexError(f"unknown index type {index!r}; choose one of {', '.join(INDEX_TYPES)}")
-    if batch_size < 1:
-        raise PixdexError(f"batch size must be at least 1 (got {batch_size})")
+    check_index_params(batch_size, workers, shard_rows, max_pixels, gpus_per_worker, max_index_memory)
     if engine not in ("local", "ray"):
         raise PixdexError(f"unknown engine {engine!r}; choose local or ray")
     for spec in specs:
         check_source(spec)
+    if not isinstance(model, Encoder):
+        check_device(device)
     t0 = time.perf_counter()
     # with Ray the driver only needs the model's facts (name, fingerprint, processor): the actors embed
     encoder = model if isinstance(model, Encoder) else Encoder(model, device="cpu" if engine == "ray" else device)
@@ -386,6 +388,20 @@ def index_collection(
     summary.seconds = round(time.perf_counter() - t0, 3)
     summary.images_per_second = round(done / enc_seconds, 2) if done and enc_seconds > 0 else 0.0
     return summary
+
+
+def check_index_params(batch_size: int, workers: int | None, shard_rows: int, max_pixels: int | None,
+                       gpus_per_worker: float, max_index_memory: int | None) -> None:
+    """Refuse a bad job parameter before anything is read, loaded or written."""
+    BATCH_SIZE.check(batch_size, "batch_size")
+    if workers is not None:
+        WORKERS.check(workers, "workers")
+    SHARD_ROWS.check(shard_rows, "shard_rows")
+    if max_pixels is not None:
+        MAX_PIXELS.check(max_pixels, "max_pixels")
+    GPUS_PER_WORKER.check(gpus_per_worker, "gpus_per_worker")
+    if max_index_memory is not None:
+        Bound(int, 1).check(max_index_memory, "max_index_memory")
 
 
 def _under(path: str, roots: set[str]) -> bool:

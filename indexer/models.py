@@ -38,11 +38,26 @@ def resolve_model(name: str) -> str:
     return name  # a hub id; from_pretrained reads the cache or the hub
 
 
-def explain_load_failure(name: str, exc: Exception) -> PixdexError:
-    """Turn a from_pretrained failure into a one-line error that shows how to pass a local model."""
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def explain_load_failure(name: str, exc: Exception, path: str | None = None) -> PixdexError:
+    """Turn a from_pretrained failure into a one-line error: what is wrong with a local folder, or how
+    to pass a local model when a hub id cannot be loaded."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    folder = Path(path) if path and os.path.isdir(path) else None
+    if folder is not None:
+        if not (folder / "config.json").is_file():
+            return PixdexError(f"cannot load model '{name}': folder {folder} has no config.json "
+                               "(not a save_pretrained folder)")
+        if not any((folder / f).is_file() for f in WEIGHT_FILES):
+            return PixdexError(f"cannot load model '{name}': folder {folder} has no weights "
+                               f"({' or '.join(WEIGHT_FILES[::2])})")
+        return PixdexError(f"cannot load model '{name}': its files in {folder} are damaged or incomplete "
+                           f"({type(exc).__name__}: {first[:160]})")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it is not cached and the hub is unreachable"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return PixdexError(
         f"cannot load model '{name}': {why} or it does not exist ({first[:160]}). "
         f"Pass a local directory with --model PATH (for example a save_pretrained folder), "

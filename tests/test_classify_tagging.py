@@ -199,9 +199,9 @@ def test_ensemble_is_the_normalised_mean_of_template_embeddings(tiny_clip):
     ({"labels": ["a"], "templates": ["{}", "a {name}"]}, "valid format"),
     ({"labels": ["a"], "save_as": "my tags"}, "--save-as"),
     ({"labels": ["a"], "save_as": "path"}, "shadow"),
-    ({"labels": ["a"], "mode": "multi", "threshold": 2.0}, r"not in \[0, 1\]"),
+    ({"labels": ["a"], "mode": "multi", "threshold": 2.0}, "threshold must be a number from 0 to 1"),
     ({"labels": ["a"], "mode": "multi", "thresholds": {"b": 0.5}}, "unknown label"),
-    ({"labels": ["a"], "top_k": 0}, "top-k"),
+    ({"labels": ["a"], "top_k": 0}, "top_k must be a whole number"),
 ])
 def test_bad_requests_are_one_line_errors(tiny_store, kwargs, message):
     with pytest.raises(PixdexError, match=message) as err:

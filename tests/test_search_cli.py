@@ -73,7 +73,7 @@ def test_where_threshold_and_like(tiny_store, capsys):
     (['"a cat'], "col 1: unterminated quote"),
     (["id:100000"], "unknown id 100000"),
     ([], "no query"),
-    (["a cat", "-k", "0"], "k must be"),
+    (["a cat", "-k", "0"], "argument -k/--top: must be a whole number from 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_store, capsys, argv, message):
     code, out, err = run(capsys, tiny_store, *argv)

@@ -6,6 +6,7 @@ import sys
 
 from indexer.errors import PixdexError
 from indexer.models import DEFAULT_MODEL as CLASSIFIER_DEFAULT_MODEL  # same default as pixdex index
+from indexer.params import BATCH_ROWS, SCORE_THRESHOLD, TIMEOUT, TOP_K, device_arg, output_file_arg
 from pixdex.cli.common import add_model_args, print_json
 
 
@@ -16,8 +17,8 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image path, http(s) URL or base64 string")
     p.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. circle,square,star")
     p.add_argument("--template", default=None, help='hypothesis template (default "This is a photo of {}.")')
-    p.add_argument("--top-k", type=int, default=None, help="only the K best labels per image")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for an image URL (default 10)")
+    p.add_argument("--top-k", type=TOP_K.arg(), default=None, help="only the K best labels per image")
+    p.add_argument("--timeout", type=TIMEOUT.arg(), default=None, help="seconds to wait for an image URL (default 10)")
     p.add_argument("--json", action="store_true", help="print the pipeline's exact output structure as JSON")
     add_model_args(p, CLASSIFIER_DEFAULT_MODEL)
     p.set_defaults(func=run_classify_image)
@@ -30,19 +31,20 @@ def register(sub) -> None:
     add_label_args(q)
     q.add_argument("--mode", choices=["single", "multi"], default="single",
                    help="single: top-k labels per image; multi: every label over its threshold")
-    q.add_argument("--top-k", type=int, default=None,
+    q.add_argument("--top-k", type=TOP_K.arg(), default=None,
                    help="labels per image (single mode, default 1); at most K labels (multi mode)")
-    q.add_argument("--threshold", type=float, default=None,
+    q.add_argument("--threshold", type=SCORE_THRESHOLD.arg(), default=None,
                    help="multi mode: default score threshold (default 0.5; per-label thresholds: labels file)")
     q.add_argument("--background", default=None,
                    help='multi mode with CLIP-like models: the "none of these" label that each label must beat '
                    '(default "something")')
-    q.add_argument("--out", "-o", default=None, metavar="FILE", help="write FILE.parquet, FILE.csv or FILE.jsonl")
+    q.add_argument("--out", "-o", type=output_file_arg, default=None, metavar="FILE", help="write FILE.parquet, FILE.csv or FILE.jsonl")
     q.add_argument("--save-as", default=None, metavar="NAME",
                    help="store the tags in the store as columns NAME and NAME_score (search --where can filter)")
-    q.add_argument("--batch-rows", type=int, default=4096, help="embeddings per block (memory bound)")
+    q.add_argument("--batch-rows", type=BATCH_ROWS.arg(), default=4096,
+                   help="embeddings per block (memory bound; default 4096)")
     q.add_argument("--model", default=None, help="model (default: the store's own)")
-    q.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    q.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", action="store_true", help="print the closing summary as one JSON object")
     q.set_defaults(func=run_classify)
@@ -59,7 +61,7 @@ def register(sub) -> None:
     add_template_args(e)
     e.add_argument("--out-dir", default=None, help="write metrics.json, predictions.csv and confusion.png here")
     e.add_argument("--model", default=None, help="model (default: the store's own)")
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=run_eval)
 

@@ -7,6 +7,7 @@ import re
 import sys
 
 from indexer.errors import PixdexError
+from indexer.params import device_arg
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
 
@@ -17,8 +18,21 @@ def parse_bytes(text: str | None) -> int | None:
         return None
     m = _SIZE.match(text)
     if not m:
-        raise PixdexError(f"cannot read size {text!r}: use a number with an optional K/M/G/T suffix")
+        raise PixdexError(f"must be a size such as 1000000, 512M or 4G, not {text!r}")
     return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+
+
+def size_arg(text: str) -> int:
+    """argparse `type=` for a size option: at least one byte."""
+    import argparse
+
+    try:
+        size = parse_bytes(text)
+    except PixdexError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not size:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, not {text!r}")
+    return size
 
 
 def print_json(obj) -> None:
@@ -30,4 +44,4 @@ def add_model_args(p, default: str | None) -> None:
     p.add_argument("--model", default=default,
                    help="model: hub id, local save_pretrained folder, or a short name such as shapes-clip"
                    + (f" (default {default})" if default else " (default: the store's model)"))
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")

@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+from indexer.params import COUNT, SEED
+
 DEMO_MODEL = "shapes-clip"
 
 
@@ -15,8 +17,8 @@ def register(sub) -> None:
                        "shapes-clip's zero-shot accuracy, indexes it into OUT/store, runs searches (HTML page), "
                        "tags and evaluates the collection.")
     p.add_argument("out", nargs="?", default="demo-out", help="output folder (default demo-out)")
-    p.add_argument("--count", type=int, default=300, help="images to generate (default 300)")
-    p.add_argument("--seed", type=int, default=2026, help="generator seed (default 2026)")
+    p.add_argument("--count", type=COUNT.arg(), default=300, help="images to generate (default 300)")
+    p.add_argument("--seed", type=SEED.arg(), default=2026, help="generator seed (default 2026)")
     p.set_defaults(func=run)
 
 

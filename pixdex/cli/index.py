@@ -7,7 +7,8 @@ import sys
 from indexer.decode import DEFAULT_MAX_PIXELS
 from indexer.faiss_index import INDEX_TYPES
 from indexer.models import DEFAULT_MODEL
-from pixdex.cli.common import add_model_args, parse_bytes, print_json
+from indexer.params import BATCH_SIZE, GPUS_PER_WORKER, MAX_PIXELS, SHARD_ROWS, WORKERS
+from pixdex.cli.common import add_model_args, print_json, size_arg
 
 
 def register(sub) -> None:
@@ -20,8 +21,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="STORE",
                    help="store directory (created if missing), or a URL (s3://..., published when the job ends)")
     add_model_args(p, DEFAULT_MODEL)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=BATCH_SIZE.arg(), default=64, help="images per model forward pass (default 64)")
+    p.add_argument("--workers", type=WORKERS.arg(), default=None,
                    help="local engine: decoding processes (default: cores-1 on CPU); ray engine: embedding actors "
                    "(default: one per GPU, or half the CPUs)")
     p.add_argument("--index", choices=INDEX_TYPES, default="auto",
@@ -31,13 +32,13 @@ def register(sub) -> None:
                    help="local processes, or Ray Data (pip install 'pixdex[distributed]')")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="N",
+    p.add_argument("--gpus-per-worker", type=GPUS_PER_WORKER.arg(), default=0.0, metavar="N",
                    help="ray engine: GPUs per embedding actor (0 = embed on CPU)")
-    p.add_argument("--max-index-memory", default=None, metavar="SIZE", help="memory budget for the index, e.g. 4G")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-index-memory", type=size_arg, default=None, metavar="SIZE", help="memory budget for the index, e.g. 4G")
+    p.add_argument("--max-pixels", type=MAX_PIXELS.arg(), default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels (decompression-bomb guard; 0 = no limit; "
                    f"default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--shard-size", type=int, default=4096, metavar="ROWS",
+    p.add_argument("--shard-size", type=SHARD_ROWS.arg(), default=4096, metavar="ROWS",
                    help="rows per embedding shard; each shard is one crash-safe commit (default 4096)")
     p.add_argument("--hidden", action="store_true", help="include hidden files and folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,7 +61,7 @@ def run_index(args) -> int:
 
     summary = index_collection(
         args.sources, args.out, model=args.model, device=args.device, batch_size=args.batch_size,
-        workers=args.workers, index=args.index, max_index_memory=parse_bytes(args.max_index_memory),
+        workers=args.workers, index=args.index, max_index_memory=args.max_index_memory,
         include_hidden=args.hidden, max_pixels=args.max_pixels or None, shard_rows=args.shard_size,
         progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
         gpus_per_worker=args.gpus_per_worker,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from indexer.errors import PixdexError
+from indexer.params import COSINE, DEDUP, K, new_file_arg
 from pixdex.cli.common import add_model_args, print_json
 
 QUERY_HELP = """query syntax (one argument = one query; a lone + or - between arguments joins them into a mix):
@@ -27,7 +28,7 @@ def register(sub) -> None:
         epilog=QUERY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", metavar="STORE", help="store directory made by pixdex index")
     p.add_argument("queries", nargs="*", metavar="QUERY", help="query (text, image path/URL, id:N, mixes)")
-    p.add_argument("-k", "--top", dest="k", type=int, default=None,
+    p.add_argument("-k", "--top", dest="k", type=K.arg(), default=None,
                    help="results per query (default 10; with --threshold: all above it)")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image query (repeatable)")
     p.add_argument("--like", action="append", default=[], metavar="ID|PATH",
@@ -35,14 +36,14 @@ def register(sub) -> None:
     p.add_argument("--where", metavar="EXPR", help="metadata filter, e.g. \"width >= 256 AND shape = 'circle'\"")
     p.add_argument("--path-glob", metavar="GLOB", help="only paths matching this glob (* crosses /)")
     p.add_argument("--path-prefix", metavar="PREFIX", help="only paths starting with PREFIX")
-    p.add_argument("--threshold", type=float, metavar="X", help="only results with cosine >= X")
-    p.add_argument("--dedup", type=float, metavar="X", help="drop results within cosine X of a better one")
+    p.add_argument("--threshold", type=COSINE.arg(), metavar="X", help="only results with cosine >= X")
+    p.add_argument("--dedup", type=DEDUP.arg(), metavar="X", help="drop results within cosine X of a better one")
     p.add_argument("--template", metavar="T", help="text template, e.g. 'a photo of {}' (default: none)")
     add_model_args(p, None)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print, per query, a list of {rank,id,path,score}")
     out.add_argument("--paths-only", action="store_true", help="print one path per line (for piping)")
-    p.add_argument("--html", metavar="OUT.html", help="also write a page of thumbnails per query")
+    p.add_argument("--html", type=new_file_arg, metavar="OUT.html", help="also write a page of thumbnails per query")
     p.set_defaults(func=run_search)
 
 

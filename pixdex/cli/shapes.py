@@ -6,6 +6,10 @@ import argparse
 from pathlib import Path
 
 from indexer.errors import PixdexError
+from indexer.params import COUNT, SEED, Bound
+
+IMAGE_SIDE = Bound(int, 16, 4096)
+PROBABILITY = Bound(float, 0, 1)
 
 
 def register(sub) -> None:
@@ -18,10 +22,10 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("dir", metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--count", type=int, default=200, help="number of images (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default: 128)")
-    p.add_argument("--two-object-prob", type=float, default=0.25,
+    p.add_argument("--count", type=COUNT.arg(), default=200, help="number of images (default: 200)")
+    p.add_argument("--seed", type=SEED.arg(), default=0, help="random seed (default: 0)")
+    p.add_argument("--image-size", type=IMAGE_SIDE.arg(), default=128, help="image side in pixels (default: 128)")
+    p.add_argument("--two-object-prob", type=PROBABILITY.arg(), default=0.25,
                    help="fraction of scenes with two objects (default: 0.25)")
     p.add_argument("--exclude-heldout", action="store_true",
                    help="leave out the colour-shape pairs shapes-clip never saw in training")
@@ -31,12 +35,6 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pixdex.demo import world
 
-    if args.count < 1:
-        raise PixdexError(f"--count must be at least 1 (got {args.count})")
-    if args.image_size < 16:
-        raise PixdexError(f"--image-size must be at least 16 (got {args.image_size})")
-    if not 0.0 <= args.two_object_prob <= 1.0:
-        raise PixdexError(f"--two-object-prob must be between 0 and 1 (got {args.two_object_prob})")
     out = Path(args.dir)
     if out.exists() and not out.is_dir():
         raise PixdexError(f"{out} exists and is not a folder")
