@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from indexer.exif import PhotoMeta, photo_meta
 
 # We enforce our own, configurable pixel limit with a clear message (see check_pixels).
 Image.MAX_IMAGE_PIXELS = None
@@ -45,6 +47,7 @@ class Decoded:
     image: Image.Image
     width: int  # original pixel size, after EXIF orientation
     height: int
+    photo: PhotoMeta = field(default_factory=PhotoMeta)  # capture time, camera, GPS... from the header
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -119,9 +122,10 @@ def decode_bytes(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
-            orient = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
             w, h = img.size
             check_pixels(w, h, max_pixels)
+            photo = photo_meta(img)  # from the header: never decodes pixels, never raises
+            orient = photo.orientation or 1
             if draft_size and img.format == "JPEG" and min(w, h) >= 4 * draft_size:
                 img.draft("RGB", (2 * draft_size * w // min(w, h), 2 * draft_size * h // min(w, h)))
             if getattr(img, "is_animated", False):
@@ -141,7 +145,7 @@ def decode_bytes(
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             reason = f"truncated or corrupt image data ({reason})"
         raise DecodeError(reason) from None
-    return Decoded(rgb, w, h)
+    return Decoded(rgb, w, h, photo)
 
 
 def read_file(path: str | os.PathLike) -> bytes:

@@ -21,9 +21,11 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from indexer.backfill import fill_photo_columns
 from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_file
 from indexer.encoder import UINT8_KEY, Encoder
 from indexer.errors import PixdexError
+from indexer.exif import PhotoMeta, photo_meta_from_bytes
 from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
 from indexer.models import DEFAULT_MODEL
@@ -48,6 +50,8 @@ class IndexSummary:
     removed: int = 0  # stored files that are gone
     failed: int = 0  # files that could not be read or decoded (see the store's error table)
     encoded: int = 0  # images that went through the model
+    photo_filled: int = 0  # stored rows of an older store given their photo columns (headers read, no encoding)
+    metadata_warnings: int = 0  # images whose EXIF/XMP was partly unreadable (those fields are null)
     seconds: float = 0.0
     images_per_second: float = 0.0  # images processed (encoded or reused) per second of the encoding phase
     count: int = 0  # items in the store afterwards
@@ -146,7 +150,7 @@ def prepare(item: SourceItem) -> dict:
         data = data if data is not None else read_file(item.key)
         digest = hashlib.sha256(data).hexdigest()
         if digest in _WORKER["skip"]:
-            return {"sha256": digest, "bytes": len(data)}
+            return {"sha256": digest, "bytes": len(data), "photo": photo_meta_from_bytes(data)}
         decoded = decode_bytes(data, _WORKER["max_pixels"], _WORKER["draft"])
         if _WORKER["plan"] is not None:  # resize+crop here as uint8; the encoder normalises on its device
             pixels = {UINT8_KEY: resize_crop(decoded.image, _WORKER["plan"])[None]}
@@ -157,7 +161,7 @@ def prepare(item: SourceItem) -> dict:
     except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the job
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     return {"sha256": digest, "bytes": len(data), "width": decoded.width, "height": decoded.height,
-            "pixels": pixels}
+            "photo": decoded.photo, "pixels": pixels}
 
 
 def _prepare_chunk(items: list[SourceItem]) -> list[dict]:
@@ -279,8 +283,13 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
             bar.update(1)
             continue
         sha = prep["sha256"]
+        photo = prep.get("photo") or PhotoMeta()
+        if photo.problems:
+            summary.metadata_warnings += 1
+            log(f"pixdex index: {item.key}: photo metadata: {'; '.join(photo.problems)}")
         if old is not None and old.sha256 == sha:  # touched, same content: keep the row, note the mtime
             writer.set_mtime(old.id, item.mtime)
+            writer.set_columns(old.id, photo.columns())
             writer.forget_errors([item.key])
             summary.unchanged += 1
             bar.update(1)
@@ -288,7 +297,7 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
         reuse = by_hash.get(sha)
         width, height = (prep["width"], prep["height"]) if "width" in prep else (reuse.width, reuse.height)
         row = {"path": item.key, "bytes": prep["bytes"], "mtime": item.mtime, "width": width,
-               "height": height, "sha256": sha, **item.extra}
+               "height": height, "sha256": sha, **photo.columns(), **item.extra}
         if old is not None:
             writer.delete([old.id])
             summary.updated += 1
@@ -378,6 +387,9 @@ def index_collection(
         enc_seconds = time.perf_counter() - t_enc
         writer.delete(plan.gone)
         writer.forget_errors(plan.gone_paths)
+        summary.photo_filled, warned = fill_photo_columns(  # an older store gains the photo columns
+            writer, snap, {i.key: i for i in items}, set(plan.changed) | plan.gone_paths, log, progress)
+        summary.metadata_warnings += warned
         summary.removed = len(plan.gone)
         writer.commit()
         summary.index = update_index(writer, index, max_index_memory, log=log, engine=engine)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from indexer.decode import looks_like_image
 from indexer.errors import PixdexError
+from indexer.exif import PHOTO_COLUMNS
 from indexer.remote import check_url, is_tar, is_url, iter_tar, iter_url, local_path, read_member, read_url
 
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # Dataset columns that would clash with the store's own columns are stored under this prefix.
-RESERVED_COLUMNS = {"id", "path", "bytes", "mtime", "width", "height", "sha256", "source_file"}
+RESERVED_COLUMNS = {"id", "path", "bytes", "mtime", "width", "height", "sha256", "source_file", *PHOTO_COLUMNS}
 COLUMN_PREFIX = "dataset_"
 
 

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from indexer.atomic import save_json, save_npy, save_parquet
 from indexer.errors import ModelMismatchError, PixdexError
+from indexer.exif import PHOTO_SCHEMA
 
 if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need it
     from indexer.encoder import ModelInfo
@@ -222,6 +223,7 @@ class Store:
                 table = pa.concat_tables(tables, promote_options="permissive")
             else:
                 table = pa.table({c: pa.array([], t) for c, t in zip(BASE_COLUMNS, _BASE_TYPES)})
+                table = _with_photo_columns(table)
             if len(self._deleted):
                 table = table.filter(pc.invert(pc.is_in(table["id"], pa.array(self._deleted))))
             for name, file in sorted((self.manifest.get("tags") or {}).items()):
@@ -345,6 +347,7 @@ class StoreWriter:
         self._errors: dict[str, dict] = {r["path"]: r for r in self.snapshot().errors().to_pylist()}
         self._errors_dirty = False
         self._mtimes: dict[int, float] = {}
+        self._columns: dict[int, dict] = {}  # id -> metadata values to set (columns added to old shards)
         self._dirty = False
         self._reader: Store | None = None  # vectors(): a snapshot of the current generation, shards mapped once
 
@@ -420,6 +423,17 @@ class StoreWriter:
         self._mtimes[int(id)] = float(mtime)
         self._dirty = True
 
+    def set_columns(self, id: int, values: dict) -> None:
+        """Set metadata values of a stored row in place (e.g. photo columns an older store lacks)."""
+        self._columns.setdefault(int(id), {}).update(values)
+        self._dirty = True
+
+    def shards_lacking(self, columns) -> list[int]:
+        """Numbers of committed shards whose metadata file has not all of `columns`."""
+        want = set(columns)
+        return [k for k, s in enumerate(self.manifest["shards"])
+                if not want <= set(pq.read_schema(self.path / s["metadata"]).names)]
+
     def record_error(self, path: str, reason: str, size: int | None, mtime: float | None) -> None:
         """Put a file in the error table with a one-line reason (replacing an earlier entry)."""
         reason = " ".join(str(reason).split()) or "unknown error"
@@ -475,6 +489,8 @@ class StoreWriter:
             return
         if self._mtimes:
             self._write_mtimes(gen)
+        if self._columns:
+            self._write_columns(gen)
         if len(self._deleted) != m["counts"].get("deleted", 0):
             m["deleted"] = f"deleted-{gen:06d}.npy"
             save_npy(self.path / m["deleted"], np.array(sorted(self._deleted), dtype=np.int64))
@@ -507,6 +523,26 @@ class StoreWriter:
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel
         self._mtimes = {}
+
+    def _write_columns(self, gen: int) -> None:
+        """Rewrite the metadata files of shards holding rows with new column values (embeddings untouched)."""
+        first = np.array([s["first_id"] for s in self.manifest["shards"]], np.int64)
+        ids = np.array(sorted(self._columns), np.int64)
+        for k in np.unique(np.searchsorted(first, ids, side="right") - 1):
+            shard = self.manifest["shards"][int(k)]
+            table = pq.read_table(self.path / shard["metadata"])
+            updates = [self._columns.get(i, {}) for i in table["id"].to_pylist()]
+            types = dict(zip(PHOTO_SCHEMA.names, PHOTO_SCHEMA.types))
+            for name in sorted({c for u in updates for c in u}):
+                there = name in table.column_names
+                old = table[name].to_pylist() if there else [None] * table.num_rows
+                col = pa.array([u.get(name, o) for u, o in zip(updates, old)], types.get(name))
+                table = (table.set_column(table.column_names.index(name), name, col) if there
+                         else table.append_column(name, col))
+            rel = f"shards/meta-{int(k):06d}-g{gen:06d}.parquet"
+            save_parquet(self.path / rel, table)
+            shard["metadata"] = rel
+        self._columns = {}
 
     def close(self) -> None:
         """Commit, then sweep files that neither this manifest nor the previous session's one names."""
@@ -595,8 +631,16 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
         c for c in table.column_names if c not in BASE_COLUMNS
     ]
     table = table.select(cols)
-    for name, typ in zip(BASE_COLUMNS, _BASE_TYPES):
+    for name, typ in [*zip(BASE_COLUMNS, _BASE_TYPES), *zip(PHOTO_SCHEMA.names, PHOTO_SCHEMA.types)]:
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, table[name].cast(typ))
+    return table
+
+
+def _with_photo_columns(table: pa.Table) -> pa.Table:
+    """An (empty) table with the photo columns added, so filters on them parse on an empty store."""
+    for f in PHOTO_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.array([None] * table.num_rows, f.type))
     return table
 

@@ -9,16 +9,19 @@
            | value [NOT] LIKE 'pat%'  |  value [NOT] ILIKE 'pat%'   (SQL: % any run, _ one char)
            | value [NOT] GLOB '*.png'                                (shell: * any run, ? one char, [abc])
            | value IS [NOT] NULL
+           | NEAR '(' lat, lon, km ')'              photos taken within km of a place (gps_lat, gps_lon)
            | column                                 a boolean column on its own
     value := column | 'string' | "string" | number | TRUE | FALSE
 
 Columns are the store's metadata columns (id, path, bytes, mtime, width, height, sha256, source and
-tag columns); quote odd names with backticks. Keywords are case-insensitive. Comparisons with a
+tag columns, photo columns such as taken and camera_model); a timestamp column compares with a quoted
+date ('2024-06-01', '2024-06-01 18:30', '2024-06' or '2024'). Quote odd names with backticks. Keywords are case-insensitive. Comparisons with a
 missing (null) value are false, as in SQL. On a list column a test holds when any element passes it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +119,14 @@ class BoolOp:
 
 
 @dataclass(frozen=True)
+class Near:
+    lat: float
+    lon: float
+    km: float
+    pos: int
+
+
+@dataclass(frozen=True)
 class Truth:
     subject: Column  # a boolean column used as a condition
 
@@ -198,7 +209,29 @@ class _Parser:
             raise self.error("a literal value (quoted string or number)", t)
         return v
 
+    def near(self) -> Near:
+        """NEAR(lat, lon, km): three numbers, each checked against its range."""
+        start = self.tok
+        self.i += 1
+        self.expect("op", "(", "'(' after NEAR")
+        args = []
+        for what, lo, hi in (("latitude", -90, 90), ("longitude", -180, 180), ("distance in km", 0, 20038)):
+            if args:
+                self.expect("op", ",", "',' between NEAR's latitude, longitude and km")
+            t = self.tok
+            if t.kind != "number":
+                raise self.error(f"a number ({what})")
+            if not lo <= t.value <= hi or (what.startswith("distance") and t.value <= 0):
+                raise _error(self.text, t.pos, f"{what} {t.value} is out of range ({lo} to {hi})")
+            self.i += 1
+            args.append(float(t.value))
+        self.expect("op", ")", "')' after NEAR's km")
+        return Near(*args, start.pos)
+
     def test(self):
+        nxt = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else None
+        if self.tok.kind == "column" and self.tok.value.upper() == "NEAR" and nxt and nxt.value == "(":
+            return self.near()
         left = self.value()
         t = self.tok
         if t.kind == "op" and t.value in COMPARISONS:
@@ -286,7 +319,10 @@ class Filter:
     def check(self, schema: pa.Schema) -> None:
         """Refuse unknown columns with one line that lists the available ones."""
         self._names = {}
-        for col in self.columns():
+        cols = self.columns()
+        if self._has_near(self.tree):
+            cols += [Column("gps_lat", 0), Column("gps_lon", 0)]
+        for col in cols:
             folded = [n for n in schema.names if n.lower() == col.name.lower()]
             if col.name in schema.names or len(folded) == 1:  # unquoted names match case-insensitively
                 self._names[col.name] = col.name if col.name in schema.names else folded[0]
@@ -294,6 +330,9 @@ class Filter:
                 raise PixdexError(
                     f"filter {self.text!r}: col {col.pos + 1}: unknown column '{col.name}'; "
                     f"available: {', '.join(schema.names)}")
+
+    def _has_near(self, node) -> bool:
+        return isinstance(node, Near) or isinstance(node, BoolOp) and any(self._has_near(a) for a in node.args)
 
     def mask(self, table: pa.Table) -> np.ndarray:
         """Boolean numpy mask over table rows (nulls count as false)."""
@@ -322,6 +361,8 @@ class Filter:
             return col
         if isinstance(node, Compare):
             return self._compare(node, table)
+        if isinstance(node, Near):
+            return _near(node, self._column(Column("gps_lat", 0), table), self._column(Column("gps_lon", 0), table))
         return self._match(node, table)
 
     @staticmethod
@@ -442,9 +483,37 @@ def _scalar(lit: Literal, col_type: pa.DataType | None, f: Filter) -> pa.Scalar:
         if not isinstance(v, bool):
             raise f._type_error(lit, "this column holds TRUE/FALSE values")
         return pa.scalar(v)
-    if pa.types.is_timestamp(col_type) and isinstance(v, str):
-        return pc.cast(pa.scalar(v), col_type)
+    if pa.types.is_timestamp(col_type):
+        return _timestamp(lit, col_type, f)
     return pa.scalar(v)
+
+
+def _timestamp(lit: Literal, col_type: pa.DataType, f: Filter) -> pa.Scalar:
+    """A quoted date or date-time as a timestamp scalar ('2024', '2024-06' mean their first day)."""
+    v = lit.value
+    if isinstance(v, str):
+        text = v.strip()
+        text = text + "-01-01" if re.fullmatch(r"\d{4}", text) else text + "-01" if re.fullmatch(r"\d{4}-\d{2}", text) else text
+        try:
+            return pc.cast(pa.scalar(text), col_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    raise f._type_error(lit, f"this column holds times: use a quoted date such as '2024-06-01' or "
+                        f"'2024-06-01 18:30:00', not {v!r}")
+
+
+EARTH_KM = 6371.0088  # mean Earth radius
+
+
+def _near(node: Near, lat, lon) -> pa.Array:
+    """Rows within node.km of (node.lat, node.lon), by great-circle (haversine) distance; null without GPS."""
+    la = np.radians(np.asarray(pc.fill_null(pc.cast(lat, pa.float64()), np.nan).to_numpy(zero_copy_only=False)))
+    lo = np.radians(np.asarray(pc.fill_null(pc.cast(lon, pa.float64()), np.nan).to_numpy(zero_copy_only=False)))
+    qa, qo = math.radians(node.lat), math.radians(node.lon)
+    h = np.sin((la - qa) / 2) ** 2 + math.cos(qa) * np.cos(la) * np.sin((lo - qo) / 2) ** 2
+    km = 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+    known = np.isfinite(km)
+    return pa.array(np.where(known, km <= node.km, False), mask=~known)
 
 
 def _check_comparable(f: Filter, left: Column, lt: pa.DataType, right: Column, rt: pa.DataType) -> None:
@@ -469,3 +538,26 @@ def path_mask(paths: pa.ChunkedArray | pa.Array, glob: str | None = None, prefix
         keep &= np.asarray(pc.fill_null(pc.starts_with(paths, prefix), False).to_numpy(zero_copy_only=False),
                            dtype=bool)
     return keep
+
+
+def near_filter(text: str) -> str:
+    """'LAT,LON,KM' (the CLI's --near) as the filter expression NEAR(LAT, LON, KM), checked."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        lat, lon, km = (float(p) for p in parts)
+    except ValueError:
+        raise PixdexError(f"--near {text!r}: expected LAT,LON,KM such as 48.8584,2.2945,5") from None
+    expr = f"NEAR({lat!r}, {lon!r}, {km!r})"
+    try:
+        parse_filter(expr)
+    except PixdexError as exc:
+        raise PixdexError(f"--near {text!r}: {str(exc).split(': ', 2)[-1]}") from None
+    return expr
+
+
+def all_of(*exprs: str | None) -> str | None:
+    """Filter expressions joined with AND (None when there are none)."""
+    parts = [e for e in exprs if e and e.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    return " AND ".join(f"({e})" for e in parts)

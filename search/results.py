@@ -32,11 +32,19 @@ def format_table(labels: Sequence[str], results: Sequence[Sequence[Hit]]) -> str
         if not hits:
             lines.append("  (no results)")
             continue
-        width = max(4, len(str(hits[-1].rank)))
-        lines.append(f"{'rank':>{width}}  {'score':>7}  path")
+        width = max(4, len(str(max(h.rank for h in hits))))
+        cols = list(hits[0].values)  # attached metadata (e.g. the --sort column), shown before the path
+        sizes = [max(len(c), *(len(_cell(h.values.get(c))) for h in hits)) for c in cols]
+        extra = "".join(f"{c:<{n}}  " for c, n in zip(cols, sizes))
+        lines.append(f"{'rank':>{width}}  {'score':>7}  {extra}path")
         for h in hits:
-            lines.append(f"{h.rank:>{width}}  {h.score:7.4f}  {h.path}")
+            cells = "".join(f"{_cell(h.values.get(c)):<{n}}  " for c, n in zip(cols, sizes))
+            lines.append(f"{h.rank:>{width}}  {h.score:7.4f}  {cells}{h.path}")
     return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    return "-" if v is None else str(v)
 
 
 def thumbnail_data_uri(image: Any, size: int = THUMB_SIZE) -> str | None:
@@ -80,8 +88,9 @@ def _figure(hit: Hit, size: int) -> str:
     uri = thumbnail_data_uri(hit.path, size)
     img = (f'<img src="{uri}" alt="{html.escape(hit.path)}" loading="lazy">' if uri
            else '<div class="missing">no preview</div>')
+    extra = "".join(f'<span class="meta">{html.escape(str(v))}</span> ' for v in hit.values.values() if v is not None)
     return (f'<figure title="{html.escape(hit.path)}">{img}<figcaption>#{hit.rank} '
-            f'<span class="score">{hit.score:.3f}</span> {html.escape(Path(hit.path).name)} '
+            f'<span class="score">{hit.score:.3f}</span> {html.escape(Path(hit.path).name)} {extra}'
             f'<span class="meta">(id {hit.id})</span></figcaption></figure>')
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from indexer.faiss_index import index_family, ivf_of, rescore_depth
 from indexer.remote_store import open_path
 from indexer.store import Store
 from search.filters import parse_filter, path_mask
+from search.ordering import Order, check_columns, column_values, order_hits, parse_sort
 from search.query import Query, Term, as_query
 
 EXACT_SUBSET = 20_000  # a filtered subset this small is searched exactly: a few ms, perfect recall
@@ -47,6 +48,7 @@ class Hit:
     id: int
     path: str
     score: float
+    values: dict = field(default_factory=dict, compare=False, repr=False)  # requested metadata columns
 
     @property
     def metadata(self) -> dict:
@@ -59,7 +61,7 @@ class Hit:
         return self.metadata[column]
 
     def to_dict(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score}
+        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score, **self.values}
 
 
 @dataclass
@@ -154,20 +156,25 @@ class Searcher:
     # ---- public queries ---------------------------------------------------------------------
     def search(self, queries: Any, k: int | None = 10, threshold: float | None = None, where: str | None = None,
                path_glob: str | None = None, path_prefix: str | None = None, dedup: float | None = None,
-               template: str | None = None) -> list[Hit] | list[list[Hit]]:
+               template: str | None = None, sort: str | None = None,
+               columns: Sequence[str] | None = None) -> list[Hit] | list[list[Hit]]:
         """Rank stored items for one query (-> list[Hit]) or a list of queries (-> list[list[Hit]]).
 
         A query is a string in the query syntax (text, image path/URL, id:N, like:PATH, weighted
         +/- mixes), a Query, a PIL image, bytes, a Path or a 1-d embedding. k=None with a threshold
         returns everything scoring >= threshold. where/path_glob/path_prefix restrict the items.
-        dedup=0.97 drops results within that cosine of a better-ranked result.
+        dedup=0.97 drops results within that cosine of a better-ranked result. sort='taken' / '-taken' (any
+        metadata column) orders those results by it, keeping their relevance ranks; columns=['taken', ...]
+        attaches those metadata values to each hit (Hit.values, and to_dict()).
         """
         batch = _is_batch(queries)
         items = list(queries) if batch else [queries]
         if not items:
             raise PixdexError("no queries given")
         parsed = [as_query(q) for q in items]
+        arrange = self.arrangement(sort, columns)
         out = self._search_queries(parsed, k, threshold, where, path_glob, path_prefix, dedup, template)
+        out = [self.arrange(hits, *arrange) for hits in out]
         return out if batch else out[0]
 
     def search_text(self, texts: str | Sequence[str], template: str | None = None, **kw):
@@ -206,11 +213,34 @@ class Searcher:
             qs.append(Query((Term("id", ident),), label=f"like {it}"))
             selves.append(ident)
         deeper = k + 1 if (k is not None and exclude_self) else k
+        arrange = self.arrangement(kw.pop("sort", None), kw.pop("columns", None))
         results = self.search(qs, k=deeper, **kw)
         if exclude_self:
             results = [_rerank([h for h in hits if h.id != me])[:k] if k is not None
                        else _rerank([h for h in hits if h.id != me]) for hits, me in zip(results, selves)]
+        results = [self.arrange(hits, *arrange) for hits in results]
         return results if batch else results[0]
+
+    # ---- ordering ---------------------------------------------------------------------------
+    def arrangement(self, sort: str | None, columns: Sequence[str] | None) -> tuple[Order | None, list[str]]:
+        """A checked sort order and the columns to attach (errors before any query is encoded)."""
+        if sort is None and not columns:
+            return None, []
+        schema = self.store.metadata().schema
+        order = parse_sort(sort, schema)
+        cols = check_columns(columns, schema)
+        if order is not None and order.column not in cols:
+            cols.append(order.column)
+        return order, cols
+
+    def arrange(self, hits: list[Hit], order: Order | None, columns: list[str]) -> list[Hit]:
+        """Attach the columns' values to the hits and reorder them by the sort column, if any."""
+        if not columns:
+            return hits
+        values = column_values(self.store, [h.id for h in hits], columns)
+        for h, v in zip(hits, values):
+            h.values = v
+        return order_hits(hits, values, order)
 
     # ---- encoding ---------------------------------------------------------------------------
     def encode(self, queries: Sequence[Query], template: str | None = None) -> np.ndarray:

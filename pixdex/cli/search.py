@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from indexer.errors import PixdexError
@@ -15,7 +16,9 @@ QUERY_HELP = """query syntax (one argument = one query; a lone + or - between ar
   "2:golden retriever" + ./pool.jpg - "grass"
                                      weighted mix: weight:term, + adds, - subtracts
 filter syntax (--where): width >= 256 AND path GLOB '*.png' OR shape IN ('circle', 'star')
-  = != < <= > >= AND OR NOT ( ) IN (...) LIKE 'a%' ILIKE GLOB '*x*' IS [NOT] NULL
+  = != < <= > >= AND OR NOT ( ) IN (...) LIKE 'a%' ILIKE GLOB '*x*' IS [NOT] NULL  NEAR(lat, lon, km)
+photos: taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'   (columns taken, taken_offset, camera_make,
+  camera_model, lens, gps_lat, gps_lon, orientation; --near 48.8584,2.2945,5; --sort -taken: newest first)
 """
 
 
@@ -34,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--like", action="append", default=[], metavar="ID|PATH",
                    help="more like this stored item, itself left out (repeatable)")
     p.add_argument("--where", metavar="EXPR", help="metadata filter, e.g. \"width >= 256 AND shape = 'circle'\"")
+    p.add_argument("--near", metavar="LAT,LON,KM", help="only photos taken within KM km of LAT,LON (GPS)")
+    p.add_argument("--sort", metavar="COLUMN", help="order the results (the top k, or all above --threshold) "
+                   "by a column: taken (oldest first), -taken (newest first), or any metadata column")
     p.add_argument("--path-glob", metavar="GLOB", help="only paths matching this glob (* crosses /)")
     p.add_argument("--path-prefix", metavar="PREFIX", help="only paths starting with PREFIX")
     p.add_argument("--threshold", type=COSINE.arg(), metavar="X", help="only results with cosine >= X")
@@ -44,14 +50,18 @@ def register(sub) -> None:
     out.add_argument("--json", action="store_true", help="print, per query, a list of {rank,id,path,score}")
     out.add_argument("--paths-only", action="store_true", help="print one path per line (for piping)")
     p.add_argument("--html", type=new_file_arg, metavar="OUT.html", help="also write a page of thumbnails per query")
+    # `--sort -taken`: let argparse read a dash-word after the options as a value, as it reads -5
+    p._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+|[A-Za-z_][A-Za-z0-9_.]*)$")
     p.set_defaults(func=run_search)
 
 
 def run_search(args) -> int:
+    from search.filters import all_of, near_filter
     from search.query import Query, Term, parse_query, queries_from_args
     from search.results import format_table, records, write_html
     from search.searcher import Searcher
 
+    where = all_of(args.where, near_filter(args.near) if args.near else None)
     texts = queries_from_args(args.queries)
     queries = [parse_query(t) for t in texts]
     queries += [Query((Term("image", path),), label=path) for path in args.image]
@@ -59,8 +69,8 @@ def run_search(args) -> int:
         raise PixdexError("no query: give QUERY text, --image PATH or --like ID")
     k = args.k if args.k is not None else (None if args.threshold is not None else 10)
     searcher = Searcher(args.store, model=args.model, device=args.device)
-    common = {"k": k, "threshold": args.threshold, "where": args.where, "path_glob": args.path_glob,
-              "path_prefix": args.path_prefix, "dedup": args.dedup}
+    common = {"k": k, "threshold": args.threshold, "where": where, "path_glob": args.path_glob,
+              "path_prefix": args.path_prefix, "dedup": args.dedup, "sort": args.sort}
     results = searcher.search(queries, template=args.template, **common) if queries else []
     labels = [q.label for q in queries]
     for like in args.like:

@@ -71,9 +71,10 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
         return service.info()
 
     @app.get("/api/search")
-    def search_get(q: str, k: int = 10, where: str | None = None, threshold: float | None = None) -> dict:
+    def search_get(q: str, k: int = 10, where: str | None = None, threshold: float | None = None,
+                   sort: str | None = None) -> dict:
         with lock:
-            return {"query": q, "results": service.search([q], k, where, threshold)[0]}
+            return {"query": q, "results": service.search([q], k, where, threshold, sort)[0]}
 
     @app.post("/api/search")
     async def search_post(request: Request) -> dict:
@@ -82,7 +83,8 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
             form, upload, image = await _uploaded_image(request, limits)
             k = _int(form.get("k"), 10, "k")
             with lock:
-                hits = service.search_image(image, k, form.get("where") or None, _float(form.get("threshold")))
+                hits = service.search_image(image, k, form.get("where") or None, _float(form.get("threshold")),
+                                            form.get("sort") or None, _columns(form.get("columns")))
             return {"query": getattr(upload, "filename", "image"), "results": hits}
         body = await _json(request)
         with lock:
@@ -166,6 +168,11 @@ def _int(value, default: int, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise PixdexError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _columns(value) -> list[str] | None:
+    """A form field 'taken,camera_model' as a list of column names."""
+    return [c.strip() for c in str(value).split(",") if c.strip()] if value else None
 
 
 def _float(value) -> float | None:

@@ -66,42 +66,45 @@ class StoreService:
 
     # ---- search -----------------------------------------------------------------------------
     def search(self, queries: list[str], k: int = 10, where: str | None = None,
-               threshold: float | None = None) -> list[list[dict]]:
+               threshold: float | None = None, sort: str | None = None, columns=None) -> list[list[dict]]:
         k = self.check_k(k)
         if len(queries) > self.limits.max_queries:
             raise TooLarge(f"{len(queries)} queries exceed the limit of {self.limits.max_queries}")
         queries = [self.check_query(q) for q in queries]
-        results = self.searcher.search(queries, k=k, where=where, threshold=threshold)
+        results = self.searcher.search(queries, k=k, where=where, threshold=threshold, sort=sort, columns=columns)
         return [[h.to_dict() for h in hits] for hits in results]
 
-    def search_image(self, image, k: int = 10, where: str | None = None, threshold: float | None = None):
-        hits = self.searcher.search_image(image, k=self.check_k(k), where=where, threshold=threshold)
+    def search_image(self, image, k: int = 10, where: str | None = None, threshold: float | None = None,
+                     sort: str | None = None, columns=None):
+        hits = self.searcher.search_image(image, k=self.check_k(k), where=where, threshold=threshold, sort=sort,
+                                          columns=columns)
         return [h.to_dict() for h in hits]
 
     def search_body(self, body: dict) -> dict:
         """POST /api/search JSON: one of query (text or mix syntax), queries, id, embedding."""
         k = body.get("k", 10)
         where, threshold = body.get("where"), body.get("threshold")
+        order = {"sort": body.get("sort"), "columns": body.get("columns")}  # e.g. "-taken", ["taken"]
         if "queries" in body:
             qs = body["queries"]
             if not isinstance(qs, list):
                 raise Invalid("queries must be a list of strings")
-            return {"queries": qs, "results": self.search(qs, k, where, threshold)}
+            return {"queries": qs, "results": self.search(qs, k, where, threshold, **order)}
         if "query" in body:
-            return {"query": body["query"], "results": self.search([body["query"]], k, where, threshold)[0]}
+            return {"query": body["query"], "results": self.search([body["query"]], k, where, threshold, **order)[0]}
         if "id" in body:
             ident = body["id"]
             if not isinstance(ident, int) or isinstance(ident, bool):
                 raise Invalid(f"id must be an integer, got {ident!r}")
             self.item(ident)
-            hits = self.searcher.more_like(ident, k=self.check_k(k), where=where, threshold=threshold)
+            hits = self.searcher.more_like(ident, k=self.check_k(k), where=where, threshold=threshold, **order)
             return {"id": ident, "results": [h.to_dict() for h in hits]}
         if "embedding" in body:
             vec = body["embedding"]
             if not isinstance(vec, list) or len(vec) != self.store.dim:
                 raise Invalid(f"embedding must be a list of {self.store.dim} numbers")
             hits = self.searcher.search_embedding(np.asarray(vec, np.float32), k=self.check_k(k), where=where,
-                                                  threshold=threshold)
+                                                  threshold=threshold, **order)
             return {"results": [h.to_dict() for h in hits]}
         raise PixdexError("search body needs one of: query, queries, id, embedding")
 

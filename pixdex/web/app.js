@@ -19,6 +19,16 @@ async function api(url, options) {
 
 function currentK() { return parseInt($("k").value, 10) || 24; }
 
+// Result order and the capture date on each result (photo stores have a `taken` column).
+function orderFields() {
+  const out = {};
+  if ($("sort").value) out.sort = $("sort").value;
+  if (state.info && (state.info.columns || []).includes("taken")) out.columns = ["taken"];
+  return out;
+}
+
+function shortDate(iso) { return iso ? iso.slice(0, 16).replace("T", " ") : ""; }
+
 function whereClause() {
   const parts = [];
   const typed = $("where").value.trim();
@@ -48,6 +58,13 @@ function render(hits, label) {
     cap.className = "cap";
     cap.innerHTML = `<span>#${h.rank}</span><span class="score">${h.score.toFixed(3)}</span>`;
     b.append(img, cap);
+    if (h.taken) {
+      const date = document.createElement("time");
+      date.className = "date";
+      date.dateTime = h.taken;
+      date.textContent = shortDate(h.taken);
+      b.append(date);
+    }
     b.addEventListener("click", () => showDetails(h.id));
     const tag = document.createElement("span");
     tag.className = "tag";
@@ -61,7 +78,7 @@ async function runSearch(body, label) {
   setStatus("searching…");
   try {
     const where = whereClause();
-    const payload = { k: currentK(), ...body };
+    const payload = { k: currentK(), ...orderFields(), ...body };
     if (where) payload.where = where;
     const out = await api("/api/search", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload),
@@ -75,6 +92,9 @@ async function searchImage(file) {
   const form = new FormData();
   form.append("image", file);
   form.append("k", String(currentK()));
+  const order = orderFields();
+  if (order.sort) form.append("sort", order.sort);
+  if (order.columns) form.append("columns", order.columns.join(","));
   const where = whereClause();
   if (where) form.append("where", where);
   try {
