@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[serve,notebooks,dev,distributed]"
+	$(BIN)/python -m pip install -q -e ".[serve,notebooks,dev,distributed,fast]"
 	touch $(STAMP)
 
 install: $(STAMP)

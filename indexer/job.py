@@ -396,6 +396,7 @@ def index_collection(
         writer.commit()
         summary.count = writer.snapshot().count
         summary.encoded = batcher.encoded
+    write_fast_text(encoder, log)
     done = summary.indexed + summary.updated + summary.reused
     summary.seconds = round(time.perf_counter() - t0, 3)
     summary.images_per_second = round(done / enc_seconds, 2) if done and enc_seconds > 0 else 0.0
@@ -414,6 +415,18 @@ def check_index_params(batch_size: int, workers: int | None, shard_rows: int, ma
     GPUS_PER_WORKER.check(gpus_per_worker, "gpus_per_worker")
     if max_index_memory is not None:
         Bound(int, 1).check(max_index_memory, "max_index_memory")
+
+
+def write_fast_text(encoder: Encoder, log: Callable[[str], None]) -> None:
+    """Leave the model's fast text export (indexer.text_export) for later queries; never fails the job."""
+    from indexer.text_export import ensure_text_export
+
+    try:
+        ok, why = ensure_text_export(encoder)
+    except Exception as exc:  # noqa: BLE001 - the store is committed; queries fall back to transformers
+        ok, why = False, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    if not ok:
+        log(f"fast text path: {why}")
 
 
 def _under(path: str, roots: set[str]) -> bool:

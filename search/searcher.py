@@ -9,6 +9,7 @@ and the search deepens until k matching items are found or none are left.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -27,6 +28,7 @@ from indexer.errors import PixdexError
 from indexer.faiss_index import index_family, ivf_of, rescore_depth
 from indexer.remote_store import open_path
 from indexer.store import Store
+from indexer.text_onnx import load_text_encoder
 from search.filters import parse_filter, path_mask
 from search.ordering import Order, check_columns, column_values, order_hits, parse_sort
 from search.query import Query, Term, as_query
@@ -97,6 +99,8 @@ class Searcher:
         self.device = device
         self._model = model
         self._encoder = None
+        self._text_encoder = None  # None: not looked up yet; False: no fast path
+        self._fast_text_missing = ""
         self._open(store if isinstance(store, Store) else None)
         if model is not None:
             self.encoder  # noqa: B018 - load and check the model now, not at the first query
@@ -152,6 +156,33 @@ class Searcher:
             self.store.check_model(enc.info)
             self._encoder = enc
         return self._encoder
+
+    @property
+    def text_encoder(self):
+        """The fast text path (indexer.text_onnx: ONNX text tower, no torch) for the store's own model, or
+        None: then texts go through the transformers encoder, and a notice says why (once per process)."""
+        if self._text_encoder is None:
+            self._text_encoder = False
+            if self._model is None:
+                model = self.store.model
+                fast, why = load_text_encoder(str(model.get("fingerprint", "")))
+                if fast is not None and fast.dim == self.store.dim:
+                    self._text_encoder = fast
+                else:
+                    self._fast_text_missing = why or "export has another dimension"
+        return self._text_encoder or None
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Text query vectors: the fast path when the store's model has a checked export, else transformers."""
+        fast = self.text_encoder
+        if fast is not None and fast.can_encode(texts):
+            return fast.encode_texts(texts)
+        with _torch_threads(len(texts)):
+            out = self.encoder.encode_texts(texts)
+        if fast is None and self._fast_text_missing:
+            why, self._fast_text_missing = self._fast_text_missing, ""
+            _offer_fast_text(self.encoder, why)
+        return out
 
     # ---- public queries ---------------------------------------------------------------------
     def search(self, queries: Any, k: int | None = 10, threshold: float | None = None, where: str | None = None,
@@ -262,9 +293,11 @@ class Searcher:
                     ident = t.value if t.kind == "id" else self.id_for_path(t.value)
                     ids.setdefault(ident, len(ids))
         dim = self.store.dim
-        with _torch_threads(len(texts) + len(image_list)):
-            text_emb = self.encoder.encode_texts(list(texts)) if texts else None
-            image_emb = self.encoder.encode_images(image_list) if image_list else None
+        text_emb = self.encode_texts(list(texts)) if texts else None
+        image_emb = None
+        if image_list:
+            with _torch_threads(len(image_list)):
+                image_emb = self.encoder.encode_images(image_list)
         id_emb = _normalise(self.store.vectors(np.array(list(ids), np.int64))) if ids else None
         out = np.zeros((len(queries), dim), np.float32)
         for row, q in enumerate(queries):
@@ -612,6 +645,22 @@ def _read_columns(path: Path, columns: list[str]):
     """Columns of one parquet file (ParquetFile, unlike read_table, does not import pandas: ~1 s)."""
     with pq.ParquetFile(path) as f:
         return f.read(columns=columns)
+
+
+def _offer_fast_text(encoder, why: str) -> None:
+    """After a transformers text query: say (one line) why the fast path was not used, and write the
+    model's export when none was ever tried, so the next process starts fast."""
+    log = logging.getLogger("pixdex.search")
+    if "cannot use the fast text path" in why or "PIXDEX_FAST_TEXT" in why or "not installed" in why:
+        log.warning("pixdex: texts encoded with transformers: %s", why)
+        return
+    from indexer.text_export import ensure_text_export
+
+    log.warning("pixdex: texts encoded with transformers (%s); writing the fast text export for next time", why)
+    try:
+        ensure_text_export(encoder)
+    except Exception as exc:  # noqa: BLE001 - the query has its answer; the export is only an offer
+        log.warning("pixdex: could not write the fast text export: %s", str(exc).splitlines()[0][:200])
 
 
 _THREADS_LOCK = threading.Lock()

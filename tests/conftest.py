@@ -15,6 +15,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from models import save_random_clip  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_text_cache(tmp_path_factory) -> Path:
+    """A private cache for the fast text exports (indexer.text_onnx), so tests never read or fill ~/.cache."""
+    path = tmp_path_factory.mktemp("pixdex-cache")
+    os.environ["PIXDEX_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     """Directory of a random-weight CLIP checkpoint (real tokenizer and processor)."""

@@ -1,0 +1,218 @@
+"""The fast text path (indexer.text_onnx): same query embeddings as transformers, checked cache, fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from models import save_random_clip, save_random_siglip, save_random_siglip2  # noqa: E402
+
+from indexer.encoder import Encoder  # noqa: E402
+from indexer.text_export import ensure_text_export  # noqa: E402
+from indexer.text_onnx import _LOADED, check_export, export_dir, load_text_encoder  # noqa: E402
+from search.searcher import Searcher  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "a red circle", "A LARGE Blue Square, on the LEFT!!", "naïve café 日本語 🙂 Grüße", "!!!", "?! ...",
+    "a photo of " + "many small shapes " * 40,  # far past 77 (and 64) tokens: truncated
+    "  tabs\tand\nnewlines  ", "x",
+]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory, tiny_clip, shapes_clip) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("families")
+    return {"clip": tiny_clip, "shapes-clip": shapes_clip,
+            "siglip": str(save_random_siglip(root / "siglip", seed=3)),
+            "siglip2": str(save_random_siglip2(root / "siglip2", seed=4))}
+
+
+def fresh(fingerprint: str):
+    """Load the export as a new process would (not the per-process cached encoder)."""
+    _LOADED.pop(fingerprint, None)
+    return load_text_encoder(fingerprint)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["clip", "shapes-clip", "siglip", "siglip2"])
+def test_fast_path_matches_transformers(family_models, family):
+    enc = Encoder(family_models[family], device="cpu")
+    ok, why = ensure_text_export(enc)
+    assert ok, why
+    fast, why = fresh(enc.fingerprint)
+    assert fast is not None, why
+    for batch in [[t] for t in TEXTS] + [TEXTS]:  # one by one, and padded together
+        want = {k: v.numpy() for k, v in enc.tokenize(batch).items()}
+        got = fast.tokenizer(batch)
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} for {batch[0][:30]!r}")
+        assert cosines(fast.encode_texts(batch), enc.encode_texts(batch)).min() >= 0.9999
+    if family == "siglip":  # SigLIP pads every query to 64 tokens; CLIP truncates at its position limit
+        assert fast.tokenizer(["a"])["input_ids"].shape == (1, 64)
+    else:
+        limit = enc.config.text_config.max_position_embeddings
+        assert fast.tokenizer([TEXTS[5]])["input_ids"].shape == (1, limit)
+
+
+def test_search_uses_the_export_and_ranks_identically(shapes_store):
+    queries = ["a red circle", "a blue square", "a small green triangle on the left", "a yellow star"]
+    fast = Searcher(shapes_store)
+    slow = Searcher(shapes_store, model="shapes-clip")  # an explicit model always runs transformers
+    assert fast.text_encoder is not None and slow.text_encoder is None
+    for got, want in zip(fast.search(queries, k=20), slow.search(queries, k=20)):
+        assert [h.id for h in got] == [h.id for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+
+def test_a_text_query_imports_neither_torch_nor_transformers(shapes_store):
+    code = ("import sys; from search import Searcher; s = Searcher(sys.argv[1]); "
+            "assert s.search('a red circle', k=3) and s.text_encoder is not None; "
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code, str(shapes_store)], check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert json.loads(out.stdout) == []
+
+
+def cli_json(store: Path, *args: str, fast: bool) -> tuple[list, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIXDEX_FAST_TEXT": "1" if fast else "0"}
+    out = subprocess.run([sys.executable, "-m", "pixdex", "search", str(store), *args, "--json"], check=True,
+                         capture_output=True, text=True, env=env, timeout=300)
+    return json.loads(out.stdout), out.stderr
+
+
+@pytest.mark.slow
+def test_cli_json_is_the_same_on_both_paths(shapes_store):
+    args = ("a red circle", "naïve blue square!!", "2:a star", "-", "a circle", "-k", "7")
+    fast, fast_err = cli_json(shapes_store, *args, fast=True)
+    slow, slow_err = cli_json(shapes_store, *args, fast=False)
+    assert fast_err == ""
+    assert "fast text path turned off" in slow_err and len(slow_err.strip().splitlines()) == 1
+    assert [[set(h) for h in q] for q in fast] == [[{"rank", "id", "path", "score"}] * 7] * 3
+    assert [[(h["rank"], h["id"], h["path"]) for h in q] for q in fast] == \
+        [[(h["rank"], h["id"], h["path"]) for h in q] for q in slow]
+    np.testing.assert_allclose([h["score"] for q in fast for h in q], [h["score"] for q in slow for h in q],
+                               atol=1e-5)
+
+
+@pytest.fixture
+def own_model(tmp_path) -> tuple[str, Encoder]:
+    """A private model copy with its own export (tests below damage them)."""
+    path = save_random_clip(tmp_path / "model", seed=21)
+    enc = Encoder(str(path), device="cpu")
+    assert ensure_text_export(enc)[0]
+    return str(path), enc
+
+
+def graph_file(enc: Encoder) -> Path:
+    folder = export_dir(enc.fingerprint)
+    return folder / json.loads((folder / "export.json").read_text())["graph"]["file"]
+
+
+def test_truncated_export_is_detected_and_rebuilt(own_model):
+    _, enc = own_model
+    graph = graph_file(enc)
+    with open(graph, "r+b") as fh:
+        fh.truncate(graph.stat().st_size // 2)
+    assert "truncated" in check_export(enc.fingerprint).reason
+    assert fresh(enc.fingerprint)[0] is None
+    assert ensure_text_export(enc)[0]
+    fast, _ = fresh(enc.fingerprint)
+    assert cosines(fast.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() >= 0.9999
+
+
+def test_writer_killed_mid_write_leaves_nothing_usable(own_model):
+    """A kill before the sidecar is renamed into place: a partial graph under its final name and no sidecar,
+    or the old sidecar next to a graph that is not the one it describes. Neither is used."""
+    _, enc = own_model
+    folder, graph = export_dir(enc.fingerprint), graph_file(enc)
+    data = graph.read_bytes()
+    graph.write_bytes(data[: len(data) // 3])  # same name, partial content, new mtime
+    assert fresh(enc.fingerprint)[0] is None
+    (folder / "export.json").unlink()
+    (folder / ".tmp-999-1").mkdir()
+    (folder / ".tmp-999-1" / "text.onnx").write_bytes(data[:1000])
+    assert "no fast text export" in check_export(enc.fingerprint).reason
+    assert ensure_text_export(enc)[0] and fresh(enc.fingerprint)[0] is not None
+
+
+def test_changed_model_files_make_the_export_stale(own_model):
+    path, enc = own_model
+    config = Path(path) / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "note": "retrained"}))
+    assert "model file changed" in check_export(enc.fingerprint).reason
+    assert fresh(enc.fingerprint)[0] is None
+
+
+def test_store_with_an_unexportable_model_falls_back_with_a_notice(tmp_path, shapes_dir, monkeypatch, caplog):
+    """The exporter fails (as for an architecture the ONNX exporter cannot trace): the verdict is recorded
+    once, and text queries go through transformers with a one-line notice: same results as before."""
+    import torch
+
+    from indexer.job import index_collection
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operator aten::magic")
+
+    model = save_random_clip(tmp_path / "model", seed=5)
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    store = tmp_path / "s.pixdex"
+    with caplog.at_level(logging.WARNING):
+        index_collection([str(shapes_dir)], store, model=str(model), progress=False, workers=0,
+                         log=logging.getLogger("test").warning)
+    assert any("ONNX export failed" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    s = Searcher(store)
+    with caplog.at_level(logging.WARNING, logger="pixdex.search"):
+        hits = s.search("a red circle", k=5)
+    notices = [r.getMessage() for r in caplog.records if r.name == "pixdex.search"]
+    assert len(notices) == 1 and "cannot use the fast text path" in notices[0]
+    want = Searcher(store, model=str(model)).search("a red circle", k=5)
+    assert [h.id for h in hits] == [h.id for h in want]
+
+
+def test_a_query_process_writes_the_missing_export(shapes_store, tmp_path, monkeypatch, caplog):
+    """A store indexed before exports existed: the first text query falls back, says so, and writes the export,
+    so the next process gets the fast path."""
+    monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "empty-cache"))
+    s = Searcher(shapes_store)
+    fingerprint = s.store.model["fingerprint"]
+    _LOADED.pop(fingerprint, None)
+    with caplog.at_level(logging.WARNING, logger="pixdex.search"):
+        slow = s.search("a red circle", k=5)
+    assert any("writing the fast text export" in r.getMessage() for r in caplog.records)
+    fast, why = fresh(fingerprint)
+    assert fast is not None, why
+    again = Searcher(shapes_store).search("a red circle", k=5)
+    assert [h.id for h in again] == [h.id for h in slow]
+    _LOADED.pop(fingerprint, None)
+
+
+@pytest.mark.slow
+def test_siglip_texts_with_literal_special_tokens_take_the_transformers_path(family_models):
+    enc = Encoder(family_models["siglip"], device="cpu")
+    assert ensure_text_export(enc)[0]
+    fast, _ = fresh(enc.fingerprint)
+    assert fast.can_encode(["a red circle"]) and not fast.can_encode(["a red </s> circle"])
+
+
+def test_cache_folder_is_not_a_store_file(shapes_store):
+    """The export lives in the per-model cache, never inside the store (pixdex index owns the store)."""
+    s = Searcher(shapes_store)
+    assert s.text_encoder is not None
+    assert shapes_store not in s.text_encoder.folder.parents
+    assert not any(p.suffix == ".onnx" for p in shapes_store.rglob("*"))
