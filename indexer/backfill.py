@@ -15,7 +15,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from indexer.exif import PHOTO_COLUMNS, PhotoMeta, photo_meta_from_bytes, photo_meta_from_path
-from indexer.sources import SourceItem, item_bytes
+from indexer.items import SourceItem
+from indexer.sources import item_bytes
 from indexer.store import Store, StoreWriter
 
 

@@ -21,10 +21,9 @@ from indexer.errors import PixdexError
 from indexer.inputs import ImageInput, load_image_input
 from indexer.models import DEFAULT_MODEL, explain_load_failure, resolve_model
 from indexer.params import check_device
-from indexer.pixels import normalise, plan_for
+from indexer.pixels import UINT8_KEY, normalise, plan_for
 
-SIGLIP_TEXT_LENGTH = 64
-UINT8_KEY = "uint8_nhwc"  # batch key for resized+cropped uint8 pixels (see indexer.pixels)  # what the zero-shot pipeline pads SigLIP prompts to
+SIGLIP_TEXT_LENGTH = 64  # what the zero-shot pipeline pads SigLIP prompts to
 
 
 @dataclass(frozen=True)

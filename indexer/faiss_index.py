@@ -5,10 +5,15 @@ All indexes use inner product on L2-normalised vectors (= cosine) and carry the 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import os
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -58,8 +63,7 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "a
     """
     if kind not in INDEX_TYPES or kind in SHARDED_KINDS:
         raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
-    nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
-    nlist = max(1, min(nlist, n // 39 or 1))
+    nlist = default_nlist(n)
     budget = max_memory or float("inf")
     if kind == "auto":
         if n < EXACT_LIMIT and n * bytes_per_vector("flat", dim) <= budget:
@@ -82,6 +86,12 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "a
                          reason=f"{code}: about {m * nbits // 8 + 8} bytes/vector, within the memory budget")
     why = "asked for ivf" if kind == "ivf" else f"ivfpq needs >= {MIN_PQ_TRAIN} vectors to train; IVF-Flat instead"
     return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=why)
+
+
+def default_nlist(n: int) -> int:
+    """IVF lists for n vectors: ~4*sqrt(n) (autofaiss's rule), capped at n/39 so each centroid trains on ~39."""
+    nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
+    return max(1, min(nlist, n // 39 or 1))
 
 
 def pq_code_size(dim: int, n: int, budget: float) -> int:
@@ -250,3 +260,34 @@ def index_record(spec: IndexSpec, tuned: TuneResult, ntotal: int) -> dict:
     if tuned.rescored_recall_at_10 is not None:
         record["rescored_recall_at_10"] = round(tuned.rescored_recall_at_10, 4)
     return record
+
+
+# ---- opening ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def faiss_chatter_to_stderr() -> Iterator[None]:
+    """Send what FAISS's C++ code prints to stdout (on-disk list notices) to stderr, so --json output stays clean."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def read_sharded(folder: Path, info: dict, dim: int):
+    """Open a sharded build's index from its manifest record: the merged on-disk one, or the parts as one
+    IndexShards (memory-mapped, read-only)."""
+    import faiss
+
+    if info["type"] == SHARDED_TYPES[0]:  # merged: inverted lists in the .ivfdata file beside the index
+        with faiss_chatter_to_stderr():
+            return faiss.read_index(str(folder / info["file"]), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
+    shards = faiss.IndexShards(dim, True, False)  # threaded, ids kept as stored
+    for name in info["files"]:
+        shards.add_shard(faiss.read_index(str(folder / name), flag))
+    return shards

@@ -19,19 +19,17 @@ from indexer.faiss_index import (
     TARGET_RECALL,
     IndexSpec,
     choose_index,
-    exact_top_k_ids,
     index_record,
     ivf_of,
     new_index,
-    noisy_queries,
     tune_params,
 )
+from indexer.index_sample import BATCH_ROWS, recall_sample, train_on_sample
+from indexer.sharded_index import build_sharded, process_runner
 from indexer.store import Store, StoreWriter
 
 REBUILD_GROWTH = 2.0  # an IVF trained on n vectors is rebuilt once it holds more than 2n
 TRAIN_SAMPLE = 200_000  # vectors used to train IVF centroids / PQ codebooks
-TUNE_QUERIES = 200
-BATCH_ROWS = 65_536
 
 
 def needs_rebuild(info: dict, spec_type: str, count: int, removed_any: bool) -> str | None:
@@ -68,8 +66,6 @@ def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None
     if requested in SHARDED_KINDS and n >= MIN_PQ_TRAIN // 39:  # 16 vectors train 4-bit PQ codebooks
         if snap.index_is_current() and info.get("requested") == requested:
             return writer.manifest["index"]
-        from indexer.sharded_index import build_sharded, process_runner
-
         if engine == "ray":
             from indexer.ray_engine import ray_runner as runner
         else:
@@ -84,7 +80,7 @@ def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None
     removed_any = len(snap.deleted_ids) > info.get("deleted", 0)
     why = needs_rebuild(info, spec.type, n, removed_any)
     t0 = time.perf_counter()
-    queries, truth = _recall_sample(snap, spec.type)
+    queries, truth = recall_sample(snap, spec.type)
     index, tuned, how, trained_on = None, None, "updated", info.get("trained_on", n)
     if why is None:
         index, spec = _update_in_place(snap, info), stored_spec(info)
@@ -116,23 +112,11 @@ def _spec_dict(spec: IndexSpec) -> dict:
     return {"type": spec.type, "factory": spec.factory, "nlist": spec.nlist, "pq_m": spec.pq_m, "reason": spec.reason}
 
 
-def _recall_sample(snap: Store, index_type: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy stored vectors as queries and their exact top-10 ids (empty for flat: it is exact)."""
-    ids = snap.ids()
-    if index_type == "flat" or not len(ids):
-        return np.zeros((1, snap.dim), np.float32), np.zeros((1, 0), np.int64)
-    pick = np.sort(np.random.default_rng(seed).choice(ids, min(TUNE_QUERIES, len(ids)), replace=False))
-    queries = noisy_queries(snap.vectors(pick, cache=False), seed)
-    return queries, exact_top_k_ids(snap.iter_embeddings(BATCH_ROWS), queries, min(10, len(ids)))
-
-
 def _build(snap: Store, spec: IndexSpec, seed: int = 0):
     """A new index over the snapshot's live rows: trained on a sample, filled batch by batch."""
     index = new_index(spec, snap.dim)
     if not index.is_trained:
-        ids = snap.ids()
-        pick = np.sort(np.random.default_rng(seed).choice(ids, min(TRAIN_SAMPLE, len(ids)), replace=False))
-        index.train(snap.vectors(pick, cache=False))
+        train_on_sample(index, snap, TRAIN_SAMPLE, seed)
     for ids, vecs in snap.iter_embeddings(BATCH_ROWS):
         index.add_with_ids(np.ascontiguousarray(vecs, np.float32), ids)
     return index

@@ -8,35 +8,31 @@ last commit left off.
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from indexer.backfill import fill_photo_columns
-from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_file
-from indexer.encoder import UINT8_KEY, Encoder
+from indexer.decode import DEFAULT_MAX_PIXELS
+from indexer.encoder import Encoder
 from indexer.errors import PixdexError
-from indexer.exif import PhotoMeta, photo_meta_from_bytes
+from indexer.exif import PhotoMeta
 from indexer.faiss_index import INDEX_TYPES
 from indexer.index_build import update_index
+from indexer.items import SourceItem
 from indexer.models import DEFAULT_MODEL
 from indexer.params import BATCH_SIZE, GPUS_PER_WORKER, MAX_PIXELS, SHARD_ROWS, WORKERS, Bound, check_device
-from indexer.pixels import plan_for, resize_crop
+from indexer.prepare import DecodeSetup, prepared_stream
 from indexer.remote import local_path
 from indexer.remote_store import local_store
-from indexer.sources import SourceItem, check_source, item_bytes, iter_sources
+from indexer.sources import check_sources, iter_sources
 from indexer.store import Store, StoreWriter
-
-CHUNK = 8  # items per worker task
 
 
 @dataclass
@@ -49,9 +45,9 @@ class IndexSummary:
     reused: int = 0  # new paths whose content was stored, or encoded earlier in this run: no encoding
     removed: int = 0  # stored files that are gone
     failed: int = 0  # files that could not be read or decoded (see the store's error table)
-    encoded: int = 0  # images that went through the model
     photo_filled: int = 0  # stored rows of an older store given their photo columns (headers read, no encoding)
     metadata_warnings: int = 0  # images whose EXIF/XMP was partly unreadable (those fields are null)
+    encoded: int = 0  # images that went through the model
     seconds: float = 0.0
     images_per_second: float = 0.0  # images processed (encoded or reused) per second of the encoding phase
     count: int = 0  # items in the store afterwards
@@ -121,83 +117,6 @@ def plan_work(items: list[SourceItem], by_path: dict[str, OldRow], error_paths: 
                   key=lambda r: r.id)
     gone_paths = {p for p in list(by_path) + list(error_paths) if p not in seen and _under(p, roots)}
     return Plan(work, changed, unchanged, [r.id for r in gone], gone_paths, {r.sha256 for r in gone})
-
-
-# ---- worker side ------------------------------------------------------------------------------
-_WORKER: dict = {}
-
-
-def _setup(image_processor, max_pixels: int | None, draft: int, skip_hashes: set[str]) -> None:
-    """What prepare() needs, in this process."""
-    _WORKER.update(processor=image_processor, plan=plan_for(image_processor), max_pixels=max_pixels, draft=draft,
-                   skip=skip_hashes)
-
-
-def _init_worker(*setup) -> None:
-    """Decoding worker process start-up: one torch thread, so workers do not fight the model for cores."""
-    _setup(*setup)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-
-
-def prepare(item: SourceItem) -> dict:
-    """Read, hash, decode and preprocess one item; {'error': reason} when it cannot be used.
-
-    Content already stored under a path that is gone (a rename) is only hashed, not decoded.
-    """
-    try:
-        data = item_bytes(item)
-        data = data if data is not None else read_file(item.key)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in _WORKER["skip"]:
-            return {"sha256": digest, "bytes": len(data), "photo": photo_meta_from_bytes(data)}
-        decoded = decode_bytes(data, _WORKER["max_pixels"], _WORKER["draft"])
-        if _WORKER["plan"] is not None:  # resize+crop here as uint8; the encoder normalises on its device
-            pixels = {UINT8_KEY: resize_crop(decoded.image, _WORKER["plan"])[None]}
-        else:
-            pixels = dict(_WORKER["processor"](images=[decoded.image], return_tensors="np"))
-    except DecodeError as exc:
-        return {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the job
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    return {"sha256": digest, "bytes": len(data), "width": decoded.width, "height": decoded.height,
-            "photo": decoded.photo, "pixels": pixels}
-
-
-def _prepare_chunk(items: list[SourceItem]) -> list[dict]:
-    return [prepare(i) for i in items]
-
-
-def _with_bytes(chunk: list[SourceItem]) -> list[SourceItem]:
-    """Dataset rows get their bytes attached just before decoding (so memory stays bounded)."""
-    return [replace(i, data=item_bytes(i)) if i.dataset is not None else i for i in chunk]  # tar/URL: in workers
-
-
-def prepared_stream(items: list[SourceItem], workers: int, encoder: Encoder, max_pixels: int | None,
-                    inflight_items: int, skip_hashes: set[str] | None = None) -> Iterator[tuple[SourceItem, dict]]:
-    """Yield (item, prepared) in input order, decoding in worker processes with bounded items in flight."""
-    init = (encoder.image_processor, max_pixels, encoder.image_size, skip_hashes or set())
-    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
-    if workers <= 0 or len(items) < 2 * CHUNK:
-        _setup(*init)  # in this process: the model's threads stay as they are
-        for chunk in chunks:
-            yield from zip(chunk, _prepare_chunk(_with_bytes(chunk)))
-        return
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
-        pending: deque = deque()
-        it = iter(chunks)
-        max_chunks = max(2, inflight_items // CHUNK)
-        for chunk in it:
-            pending.append((chunk, pool.apply_async(_prepare_chunk, (_with_bytes(chunk),))))
-            if len(pending) >= max_chunks:
-                break
-        while pending:
-            chunk, res = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.apply_async(_prepare_chunk, (_with_bytes(nxt),))))
-            yield from zip(chunk, res.get())
 
 
 def stack_pixels(batch: list[dict]) -> dict[str, np.ndarray]:
@@ -274,16 +193,16 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
     """Turn prepared items into store rows: errors, touched files, reused embeddings, images to encode."""
     for item, prep in stream:
         old = plan.changed.get(item.key)
-        if "error" in prep:
+        if prep.error is not None:
             summary.failed += 1
-            writer.record_error(item.key, prep["error"], item.size, item.mtime)
+            writer.record_error(item.key, prep.error, item.size, item.mtime)
             if old is not None:  # the file changed into something undecodable: drop the stale row
                 writer.delete([old.id])
-            log(f"pixdex index: skipped {item.key}: {prep['error']}")
+            log(f"pixdex index: skipped {item.key}: {prep.error}")
             bar.update(1)
             continue
-        sha = prep["sha256"]
-        photo = prep.get("photo") or PhotoMeta()
+        sha = prep.sha256
+        photo = prep.photo or PhotoMeta()
         if photo.problems:
             summary.metadata_warnings += 1
             log(f"pixdex index: {item.key}: photo metadata: {'; '.join(photo.problems)}")
@@ -295,8 +214,8 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
             bar.update(1)
             continue
         reuse = by_hash.get(sha)
-        width, height = (prep["width"], prep["height"]) if "width" in prep else (reuse.width, reuse.height)
-        row = {"path": item.key, "bytes": prep["bytes"], "mtime": item.mtime, "width": width,
+        width, height = (prep.width, prep.height) if prep.width is not None else (reuse.width, reuse.height)
+        row = {"path": item.key, "bytes": prep.bytes, "mtime": item.mtime, "width": width,
                "height": height, "sha256": sha, **photo.columns(), **item.extra}
         if old is not None:
             writer.delete([old.id])
@@ -304,13 +223,13 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
         if reuse is not None:
             batcher.add(row, vector=snap.vectors([reuse.id])[0])
             summary.reused += old is None
-        elif "pixels" in prep and batcher.add_copy(row):  # a copy of a file encoded earlier in this run
+        elif prep.pixels is not None and batcher.add_copy(row):  # a copy of a file encoded earlier in this run
             summary.reused += old is None
-        elif "embedding" in prep:  # embedded by the Ray engine's actors
-            batcher.add(row, vector=prep["embedding"], fresh=True)
+        elif prep.embedding is not None:  # embedded by the Ray engine's actors
+            batcher.add(row, vector=prep.embedding, fresh=True)
             summary.indexed += old is None
         else:
-            batcher.add(row, pixels=prep["pixels"])
+            batcher.add(row, pixels=prep.pixels)
             summary.indexed += old is None
 
 
@@ -340,7 +259,7 @@ def index_collection(
     GPUs each; a local cluster when no `ray_address`) and builds a sharded index's parts as Ray tasks.
     """
     log = log or (lambda m: tqdm.write(m, file=sys.stderr))
-    specs = [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
+    specs = [str(sources)] if isinstance(sources, (str, os.PathLike)) else sources
     if not specs:
         raise PixdexError("no sources given")
     if index not in INDEX_TYPES:
@@ -348,8 +267,7 @@ def index_collection(
     check_index_params(batch_size, workers, shard_rows, max_pixels, gpus_per_worker, max_index_memory)
     if engine not in ("local", "ray"):
         raise PixdexError(f"unknown engine {engine!r}; choose local or ray")
-    for spec in specs:
-        check_source(spec)
+    specs = check_sources(specs)
     if not isinstance(model, Encoder):
         check_device(device)
     t0 = time.perf_counter()
@@ -374,10 +292,12 @@ def index_collection(
         if engine == "ray":
             from indexer.ray_engine import ray_prepared_stream
 
-            stream = ray_prepared_stream(plan.work, encoder, max_pixels, plan.gone_hashes, batch_size, workers,
+            setup = DecodeSetup(encoder.image_processor, max_pixels, encoder.image_size, frozenset(plan.gone_hashes))
+            stream = ray_prepared_stream(plan.work, encoder, setup, batch_size, workers,
                                          gpus_per_worker, ray_address, device, log)
         else:
-            stream = prepared_stream(plan.work, workers, encoder, max_pixels, 4 * batch_size, plan.gone_hashes)
+            setup = DecodeSetup(encoder.image_processor, max_pixels, encoder.image_size, frozenset(plan.gone_hashes))
+            stream = prepared_stream(plan.work, workers, setup, 4 * batch_size)
         try:
             _consume(stream, plan, writer, batcher, by_hash, snap, summary, bar, log)
         finally:
@@ -387,10 +307,10 @@ def index_collection(
         enc_seconds = time.perf_counter() - t_enc
         writer.delete(plan.gone)
         writer.forget_errors(plan.gone_paths)
+        summary.removed = len(plan.gone)
         summary.photo_filled, warned = fill_photo_columns(  # an older store gains the photo columns
             writer, snap, {i.key: i for i in items}, set(plan.changed) | plan.gone_paths, log, progress)
         summary.metadata_warnings += warned
-        summary.removed = len(plan.gone)
         writer.commit()
         summary.index = update_index(writer, index, max_index_memory, log=log, engine=engine)
         writer.commit()
@@ -401,6 +321,11 @@ def index_collection(
     summary.seconds = round(time.perf_counter() - t0, 3)
     summary.images_per_second = round(done / enc_seconds, 2) if done and enc_seconds > 0 else 0.0
     return summary
+
+
+def _under(path: str, roots: set[str]) -> bool:
+    """True when a stored path belongs to one of the scanned sources (so its absence means removal)."""
+    return any(path == r or path.startswith((r.rstrip("/") + "/", r + "#")) for r in roots)
 
 
 def check_index_params(batch_size: int, workers: int | None, shard_rows: int, max_pixels: int | None,
@@ -428,7 +353,3 @@ def write_fast_text(encoder: Encoder, log: Callable[[str], None]) -> None:
     if not ok:
         log(f"fast text path: {why}")
 
-
-def _under(path: str, roots: set[str]) -> bool:
-    """True when a stored path belongs to one of the scanned sources (so its absence means removal)."""
-    return any(path == r or path.startswith((r.rstrip("/") + "/", r + "#")) for r in roots)

@@ -16,12 +16,14 @@ import logging
 import os
 import pickle
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 
 from indexer.encoder import Encoder
 from indexer.errors import PixdexError
-from indexer.sources import SourceItem
+from indexer.items import SourceItem
+from indexer.prepare import DecodeSetup, Prepared, init_worker, prepare
 
 DECODE_BATCH = 16  # items per decode task call
 CRASH_ONCE_ENV = "PIXDEX_RAY_CRASH_ONCE"  # tests: a file path; the first embedding actor to see it dies once
@@ -41,29 +43,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
 
 
 # ---- tasks and actors -------------------------------------------------------------------------
-def decode_batch(batch: dict, setup: tuple) -> dict:
+def decode_batch(batch: dict, setup: DecodeSetup) -> dict:
     """Ray task: read, hash, decode and resize a batch of items with the local engine's prepare()."""
-    from indexer import job
-
-    job._init_worker(*setup)  # cheap: the processor's resize plan and the decoder limits
-    preps = [job.prepare(pickle.loads(blob)) for blob in batch["item"]]
+    init_worker(setup)  # cheap: the processor's resize plan and the decoder limits
+    preps = [prepare(pickle.loads(blob)) for blob in batch["item"]]
     return pack(batch["pos"], preps)
 
 
-def pack(pos: np.ndarray, preps: list[dict]) -> dict:
+def pack(pos: np.ndarray, preps: list[Prepared]) -> dict:
     """Prepared items as fixed-shape columns (pixels zero where there are none) for Ray's block format."""
     shape, dtype, key = None, np.uint8, ""
     for p in preps:
-        if "pixels" in p:
-            key, arr = next(iter(p["pixels"].items()))
+        if p.pixels is not None:
+            key, arr = next(iter(p.pixels.items()))
             shape, dtype = arr.shape[1:], arr.dtype
             break
     px = np.zeros((len(preps), *(shape or (1,))), dtype)
     for i, p in enumerate(preps):
-        if "pixels" in p:
-            px[i] = p["pixels"][key][0]
-    info = [{k: v for k, v in p.items() if k != "pixels"} for p in preps]
-    return {"pos": np.asarray(pos, np.int64), "has_px": np.array(["pixels" in p for p in preps]), "px": px,
+        if p.pixels is not None:
+            px[i] = p.pixels[key][0]
+    info = [replace(p, pixels=None) for p in preps]
+    return {"pos": np.asarray(pos, np.int64), "has_px": np.array([p.pixels is not None for p in preps]), "px": px,
             "px_key": np.array([key] * len(preps)), "info": np.array([pickle.dumps(i) for i in info], dtype=object)}
 
 
@@ -92,10 +92,9 @@ class Embedder:
 
 
 # ---- the stream the job consumes ---------------------------------------------------------------
-def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, max_pixels: int | None, skip_hashes: set[str],
-                        batch_size: int, workers: int | None = None, gpus_per_worker: float = 0.0,
+def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, setup: DecodeSetup, batch_size: int, workers: int | None = None, gpus_per_worker: float = 0.0,
                         address: str | None = None, device: str = "auto",
-                        log: Callable[[str], None] = print) -> Iterator[tuple[SourceItem, dict]]:
+                        log: Callable[[str], None] = print) -> Iterator[tuple[SourceItem, Prepared]]:
     """Yield (item, prepared) in input order, with each prepared item's embedding computed by the actor pool."""
     if not items:
         return
@@ -109,7 +108,6 @@ def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, max_pixels: i
     ctx.execution_options.preserve_order = True  # the store's ids follow the scan order, as locally
     ctx.enable_progress_bars = False  # the job's own tqdm bar shows progress
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    setup = (encoder.image_processor, max_pixels, encoder.image_size, set(skip_hashes))
     records = [{"pos": i, "item": pickle.dumps(item)} for i, item in enumerate(items)]
     blocks = max(1, min(len(records) // DECODE_BATCH, 4 * cpus, 2000))
     actor_device = "cuda" if gpus_per_worker > 0 else ("cpu" if device == "auto" else device)
@@ -129,7 +127,7 @@ def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, max_pixels: i
         for pos, has, info, emb in zip(batch["pos"], batch["has_px"], batch["info"], batch["embedding"]):
             prep = pickle.loads(info)
             if has:
-                prep["embedding"] = emb
+                prep.embedding = emb
             yield items[int(pos)], prep
 
 

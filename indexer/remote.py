@@ -12,13 +12,10 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from indexer.decode import IMAGE_EXTENSIONS, DecodeError
 from indexer.errors import PixdexError
-
-if TYPE_CHECKING:
-    from indexer.sources import SourceItem
+from indexer.items import COLUMN_PREFIX, RESERVED_COLUMNS, SourceItem
 
 TAR_EXTENSIONS = (".tar",)
 
@@ -76,8 +73,6 @@ def _mtime(info: dict) -> float:
 
 def iter_url(spec: str) -> Iterator[SourceItem]:
     """Items of an fsspec URL: a folder (walked, images by extension), a tar shard, or one image."""
-    from indexer.sources import SourceItem
-
     fs, path = _fs(spec)
     root = fs.unstrip_protocol(path)  # canonical, as stored keys are: removals are scoped by it
     if is_tar(path):
@@ -116,8 +111,6 @@ def _sample_key(name: str) -> tuple[str, str]:
 
 def iter_tar(spec: str, root: str | None = None) -> Iterator[SourceItem]:
     """Image members of a (WebDataset) tar shard, keyed TAR#member, with their sidecar metadata."""
-    from indexer.sources import SourceItem
-
     container = spec if is_url(spec) else os.path.abspath(os.path.expanduser(spec))
     try:
         with _open(container) as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
@@ -150,8 +143,6 @@ def _sidecar_columns(side: dict[str, bytes], member: str) -> dict:
         except ValueError:
             record = {}
         if isinstance(record, dict):
-            from indexer.sources import COLUMN_PREFIX, RESERVED_COLUMNS
-
             for k, v in record.items():
                 if v is None or isinstance(v, (str, int, float, bool)):
                     out[COLUMN_PREFIX + k if k in RESERVED_COLUMNS else k] = v

@@ -10,20 +10,26 @@ unmerged (``merge=False``), the parts are memory-mapped and searched together as
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
 import os
 import resource
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from indexer.atomic import write_atomic
-from indexer.faiss_index import SHARDED_TYPES, IndexSpec, pq_bits, tune_params
+from indexer.faiss_index import (
+    SHARDED_TYPES,
+    IndexSpec,
+    default_nlist,
+    faiss_chatter_to_stderr,
+    new_index,
+    pq_bits,
+    tune_params,
+)
+from indexer.index_sample import recall_sample, train_on_sample
 from indexer.store import Store, StoreWriter
 
 ONDISK, PARTS = SHARDED_TYPES  # one index file + one .ivfdata file / part files searched as IndexShards
@@ -64,8 +70,7 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
     budget = int(max_memory or DEFAULT_MEMORY)
     workers = max(1, int(workers or min(8, os.cpu_count() or 1)))
     if nlist is None:
-        nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
-        nlist = max(1, min(nlist, n // 39 or 1))
+        nlist = default_nlist(n)
     m = pq_m or max(dim // 8, min(dim // 2, 16), 1)
     while dim % m:
         m -= 1
@@ -211,54 +216,17 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
 
 def _train(snap: Store, spec: IndexSpec, rows: int, seed: int):
     """The empty IVF-PQ trained on `rows` stored vectors picked at random."""
-    from indexer.faiss_index import new_index
-
     index = new_index(IndexSpec("ivfpq", spec.factory, spec.nlist, spec.pq_m), snap.dim)
-    ids = snap.ids()
-    pick = np.sort(np.random.default_rng(seed).choice(ids, min(rows, len(ids)), replace=False))
-    index.train(snap.vectors(pick, cache=False))
+    train_on_sample(index, snap, rows, seed)
     return index
 
 
 def _tune(writer: StoreWriter, spec: IndexSpec, log: Callable[[str], None]):
     """Smallest nprobe reaching the target recall@10 on noisy stored vectors (exact truth, bounded memory)."""
-    from indexer.index_build import _recall_sample
-
     snap = Store(writer.path, writer.manifest)
-    queries, truth = _recall_sample(snap, "ivfpq")
-    index = load_sharded(snap)
+    queries, truth = recall_sample(snap, "ivfpq")
+    index = snap.load_index()
     return tune_params(index, queries, truth, IndexSpec("ivfpq", spec.factory, spec.nlist, spec.pq_m))
-
-
-@contextlib.contextmanager
-def faiss_chatter_to_stderr() -> Iterator[None]:
-    """Send what FAISS's C++ code prints to stdout (on-disk list notices) to stderr, so --json output stays clean."""
-    sys.stdout.flush()
-    libc = ctypes.CDLL(None)
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-# ---- opening ----------------------------------------------------------------------------------
-def load_sharded(store: Store):
-    """Open a sharded index: the merged on-disk one, or the parts as one IndexShards."""
-    import faiss
-
-    info = store.index_info
-    if info["type"] == ONDISK:
-        with faiss_chatter_to_stderr():
-            return faiss.read_index(str(store.path / info["file"]), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) | faiss.IO_FLAG_READ_ONLY
-    shards = faiss.IndexShards(store.dim, True, False)  # threaded, ids kept as stored
-    for name in info["files"]:
-        shards.add_shard(faiss.read_index(str(store.path / name), flag))
-    return shards
 
 
 def plan_dict(plan: ShardedPlan) -> dict:

@@ -17,35 +17,14 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.decode import looks_like_image
 from indexer.errors import PixdexError
-from indexer.exif import PHOTO_COLUMNS
+from indexer.items import COLUMN_PREFIX, RESERVED_COLUMNS, SourceItem
 from indexer.remote import check_url, is_tar, is_url, iter_tar, iter_url, local_path, read_member, read_url
 
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-# Dataset columns that would clash with the store's own columns are stored under this prefix.
-RESERVED_COLUMNS = {"id", "path", "bytes", "mtime", "width", "height", "sha256", "source_file", *PHOTO_COLUMNS}
-COLUMN_PREFIX = "dataset_"
-
-
-@dataclass
-class SourceItem:
-    """One image to index: a file on disk or a row of a dataset (its bytes are read when needed)."""
-
-    key: str  # the store's `path`: absolute file path, or "DATASET#split/row"
-    size: int  # bytes; -1 when the file could not be stat'ed (the decoder reports why)
-    mtime: float
-    root: str  # the source it came from (removals are scoped to the sources scanned)
-    extra: dict = field(default_factory=dict)  # source columns (datasets)
-    data: bytes | None = None  # the bytes, for inputs that are not files
-    sha256: str | None = None  # content hash when known at scan time (dataset rows)
-    dataset: str | None = None  # dataset rows: the source spec and row to read the bytes from
-    row: int = -1
-    container: str | None = None  # tar members: the archive (path or URL) and the member's data offset
-    offset: int = -1
 
 
 Warn = Callable[[str], None]
@@ -151,9 +130,27 @@ def check_source(spec: str) -> None:
         raise PixdexError(f"source {spec} does not exist")
 
 
+class CheckedSources(tuple):
+    """Source specs that passed check_source: iterating them checks nothing again (one remote call each)."""
+
+
+def check_sources(specs: list[str]) -> CheckedSources:
+    """Check every spec now (before any model loads); the result is iterated without checking again."""
+    if isinstance(specs, CheckedSources):
+        return specs
+    for spec in specs:
+        check_source(spec)
+    return CheckedSources(str(s) for s in specs)
+
+
 def iter_source(spec: str, include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
     """Items of one source: a folder, a path-list file, an image file, or a `datasets` dataset."""
     check_source(spec)
+    yield from _items_of(spec, include_hidden, warn)
+
+
+def _items_of(spec: str, include_hidden: bool, warn: Warn) -> Iterator[SourceItem]:
+    """Items of one checked source."""
     spec = local_path(spec)
     if is_url(spec):
         yield from iter_url(spec)
@@ -183,8 +180,8 @@ def iter_source(spec: str, include_hidden: bool = False, warn: Warn = _stderr) -
 def iter_sources(specs: list[str], include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
     """Items of several sources in the order given; a path reached twice is yielded once."""
     seen: set[str] = set()
-    for spec in specs:
-        for item in iter_source(spec, include_hidden, warn):
+    for spec in check_sources(specs):
+        for item in _items_of(spec, include_hidden, warn):
             if item.key not in seen:
                 seen.add(item.key)
                 yield item

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from indexer.atomic import save_json, save_npy, save_parquet
 from indexer.errors import ModelMismatchError, PixdexError
 from indexer.exif import PHOTO_SCHEMA
+from indexer.faiss_index import SHARDED_TYPES, apply_search_params, read_sharded
 
 if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need it
     from indexer.encoder import ModelInfo
@@ -268,12 +269,8 @@ class Store:
         path = self.index_path()
         if path is None:
             raise PixdexError(f"store {self.path} has no index yet (run pixdex index again)")
-        from indexer.faiss_index import SHARDED_TYPES, apply_search_params
-
         if self.index_info.get("type", "") in SHARDED_TYPES:
-            from indexer.sharded_index import load_sharded
-
-            index = load_sharded(self)
+            index = read_sharded(self.path, self.index_info, self.dim)
             apply_search_params(index, self.index_info.get("params") or {})
             return index
         ifc = getattr(faiss, "IO_FLAG_MMAP_IFC", None)

@@ -56,3 +56,41 @@ def test_packages_import_only_downward(package):
                 wrong.append(f"{name} imports {target}")
     assert not wrong, f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of the project'}: {wrong}"
 
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import loop in graph (module -> modules it imports), or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (loop := visit(nxt)):
+                return loop
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (loop := visit(node)):
+            return loop
+    return None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_loops_within_a_package(package):
+    """Imports inside functions count too: a loop hidden in a function is still a loop."""
+    modules = {n: p for n, p in all_modules().items() if n.split(".")[0] == package}
+    graph = {n: {t for t in project_imports(p) if t in modules and t != n} for n, p in modules.items()}
+    for n in graph:  # `from package import module` names the module, `import package.x` its parents too
+        graph[n] = {t for t in graph[n] if t != package or n == package}
+    assert find_cycle(graph) is None, f"import loop: {' -> '.join(find_cycle(graph))}"
+
+
+def test_the_loop_finder_finds_loops():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

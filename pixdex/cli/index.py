@@ -53,14 +53,13 @@ def register(sub) -> None:
 
 
 def run_index(args) -> int:
-    from indexer.sources import check_source
+    from indexer.sources import check_sources
 
-    for spec in args.sources:  # fail on a typo before paying for torch and the model
-        check_source(spec)
+    sources = check_sources(args.sources)  # fail on a typo before paying for torch and the model
     from indexer.job import index_collection
 
     summary = index_collection(
-        args.sources, args.out, model=args.model, device=args.device, batch_size=args.batch_size,
+        sources, args.out, model=args.model, device=args.device, batch_size=args.batch_size,
         workers=args.workers, index=args.index, max_index_memory=args.max_index_memory,
         include_hidden=args.hidden, max_pixels=args.max_pixels or None, shard_rows=args.shard_size,
         progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
