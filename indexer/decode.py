@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from indexer.exif import PhotoMeta, photo_meta
+from indexer.params import DEFAULT_MAX_PIXELS
 
 # We enforce our own, configurable pixel limit with a clear message (see check_pixels).
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpx: a 10k x 10k photo passes, a 30k x 30k bomb does not
 
 # Leading bytes of the formats we index; content decides, not the extension.
 MAGIC = {

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "sharded", "sharded-parts")
+from indexer.params import INDEX_TYPES
+
 SHARDED_KINDS = ("sharded", "sharded-parts")  # built by indexer.sharded_index (on disk / as IndexShards parts)
 SHARDED_TYPES = ("ivfpq-ondisk", "ivfpq-parts")  # the index types those builds record in the manifest
 EXACT_LIMIT = 100_000  # below this, exact search costs a few ms: no reason to approximate

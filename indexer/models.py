@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from indexer.errors import PixdexError
@@ -14,6 +13,8 @@ ENTRY_POINT_GROUP = "pixdex.models"  # e.g. `shapes-clip`, registered by the pix
 
 def registered_models() -> dict[str, str]:
     """Short model names mapped to local directories, from the `pixdex.models` entry points."""
+    from importlib.metadata import entry_points  # ~50 ms: only when a short name is looked up
+
     found = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:

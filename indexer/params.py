@@ -104,6 +104,8 @@ BATCH_SIZE = Bound(int, 1, 65_536)  # images per model forward pass
 WORKERS = Bound(int, 0, 256, "0 = decode in this process")  # decoding processes / embedding actors
 SHARD_ROWS = Bound(int, 1, 1 << 22)  # rows per embedding shard (held in memory until committed)
 MAX_PIXELS = Bound(int, 0, None, "0 = no limit")  # decompression-bomb guard
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 Mpx: a 10k x 10k photo passes, a 30k x 30k bomb does not
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq", "sharded", "sharded-parts")  # --index
 IMAGE_PIXELS = Bound(int, 1, None)  # a pixel limit that must stay a limit (the server's uploads)
 GPUS_PER_WORKER = Bound(float, 0, 64)
 BATCH_ROWS = Bound(int, 1, 1 << 24)  # stored embeddings per tagging block

@@ -216,3 +216,17 @@ def test_cache_folder_is_not_a_store_file(shapes_store):
     assert s.text_encoder is not None
     assert shapes_store not in s.text_encoder.folder.parents
     assert not any(p.suffix == ".onnx" for p in shapes_store.rglob("*"))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info", "{store}"], ["search", "{store}", "a red circle", "-k", "0"],
+                                  ["search", "{store}", "id:3", "--json"]])
+def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv):
+    """--help, info, a refused option and an id: query answer without torch, transformers or onnxruntime."""
+    argv = [a.format(store=shapes_store) for a in argv]
+    code = ("import contextlib, io, json, sys; from pixdex.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert json.loads(out.stdout) == []

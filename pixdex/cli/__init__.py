@@ -8,7 +8,6 @@ import os
 import sys
 
 from indexer.errors import PixdexError
-from pixdex import __version__
 
 # Each module exposes register(subparsers); the order here is the order in --help.
 COMMAND_MODULES = ["shapes", "index", "search", "classify", "serve", "demo"]
@@ -21,13 +20,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Version(argparse.Action):
+    """--version, reading the package metadata only when asked."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from pixdex import __version__
+
+        print(f"pixdex {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
     parser = Parser(
         prog="pixdex",
         description="Index image collections with CLIP-style models; search and tag them.",
     )
-    parser.add_argument("--version", action="version", version=f"pixdex {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"pixdex.cli.{name}").register(sub)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from indexer.decode import DEFAULT_MAX_PIXELS
-from indexer.faiss_index import INDEX_TYPES
 from indexer.models import DEFAULT_MODEL
-from indexer.params import BATCH_SIZE, GPUS_PER_WORKER, MAX_PIXELS, SHARD_ROWS, WORKERS
+from indexer.params import (
+    BATCH_SIZE,
+    DEFAULT_MAX_PIXELS,
+    GPUS_PER_WORKER,
+    INDEX_TYPES,
+    MAX_PIXELS,
+    SHARD_ROWS,
+    WORKERS,
+)
 from pixdex.cli.common import add_model_args, print_json, size_arg
 
 

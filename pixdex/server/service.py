@@ -37,7 +37,16 @@ class StoreService:
         self.limits = limits or Limits()
         self.searcher = Searcher(store, model=model, device=device)
         self.store = self.searcher.store
-        self.encoder = self.searcher.encoder  # load the model now, not on the first request
+        fast = self.searcher.text_encoder if model is None else None
+        if fast is not None:
+            fast.encode_texts(["warm up"])  # text queries run on the fast path: ready now, no torch import
+        else:
+            self.searcher.encoder  # noqa: B018 - load the model now, not on the first request
+
+    @property
+    def encoder(self):
+        """The transformers encoder (image queries, classify): loaded on first use when texts run fast."""
+        return self.searcher.encoder
 
     # ---- validation -------------------------------------------------------------------------
     def check_k(self, k) -> int:

@@ -1,0 +1,191 @@
+"""Cold-query benchmark: a fresh `pixdex search STORE "text" -k 10` process, fast text path vs transformers.
+
+    python benchmarks/cold_query.py --quick      # shapes-clip and ViT-B/32 (random weights), 10 runs each
+    python benchmarks/cold_query.py              # + ViT-L/14
+
+For each model a small shapes collection is indexed (which also writes the model's fast text export into a
+private cache, see indexer/text_onnx.py). Then, interleaved run by run so machine load hits both alike:
+  - the whole-process wall-clock of the CLI text query with the fast path (default) and with the
+    transformers path (PIXDEX_FAST_TEXT=0), and their ratio; the two JSON outputs must rank alike;
+  - an `id:` query, an image query, `pixdex info`, `--help` and a bad argument (fast path settings);
+  - the warm Searcher.search(text) latency on both paths (16-token query, in this process);
+  - `pixdex serve`: seconds from start to the first answered /api/search, on both paths.
+Prints Markdown tables; --json writes the figures. Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "a red circle"
+WARM_TEXT = "a photo of a small red circle next to a large blue square on the left"  # 16 tokens with BOS/EOS
+TARGETS_S = {"shapes-clip": 0.5, "vit-b-32": 1.0, "vit-l-14": 1.5}
+
+
+def env(fast: bool, cache: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PIXDEX_CACHE": str(cache),
+            "PIXDEX_FAST_TEXT": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def timed(argv: list[str], environ: dict) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pixdex", *argv], capture_output=True, text=True, env=environ,
+                         timeout=600)
+    return time.perf_counter() - t0, out
+
+
+def ranking(stdout: str) -> list[int]:
+    return [h["id"] for h in json.loads(stdout)[0]]
+
+
+def prepare(name: str, work: Path, images: int, cache: Path) -> tuple[Path, str]:
+    """A store of `images` shapes images indexed with the model (its fast text export written too)."""
+    os.environ["PIXDEX_CACHE"] = str(cache)
+    from indexer.job import index_collection
+    from pixdex.demo.world import write_collection
+
+    coll = work / "images"
+    if not coll.exists():
+        write_collection(coll, count=images, seed=1)
+    model = "shapes-clip"
+    if name != "shapes-clip":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from archs import save_random
+
+        model = str(work / "models" / name)
+        if not Path(model, "config.json").exists():
+            save_random(name, Path(model))
+    store = work / f"{name}.pixdex"
+    if not store.exists():
+        index_collection([str(coll)], store, model=model, progress=False)
+    return store, model
+
+
+def cold(store: Path, runs: int, cache: Path, image: Path) -> dict:
+    """p50/p90 seconds per command, fast path and transformers path interleaved."""
+    cmds = {
+        "text fast": (["search", str(store), TEXT, "-k", "10", "--json"], True),
+        "text transformers": (["search", str(store), TEXT, "-k", "10", "--json"], False),
+        "id: query": (["search", str(store), "id:3", "-k", "10", "--json"], True),
+        "image query": (["search", str(store), "--image", str(image), "-k", "10", "--json"], True),
+        "info": (["info", str(store)], True),
+        "--help": (["--help"], True),
+        "bad argument": (["search", str(store), TEXT, "-k", "0"], True),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    rankings: dict[str, list[int]] = {}
+    failures: list[str] = []
+    for _ in range(runs):
+        for label, (argv, fast) in cmds.items():
+            seconds, out = timed(argv, env(fast, cache))
+            times[label].append(seconds)
+            if label.startswith("text") and out.returncode == 0:
+                rankings[label] = ranking(out.stdout)
+            elif label != "bad argument" and out.returncode != 0:
+                failures.append(f"{label}: {out.stderr.strip()[-300:]}")
+    res = {k: {"p50": float(np.median(v)), "p90": float(np.percentile(v, 90))} for k, v in times.items()}
+    res["same_ranking"] = rankings.get("text fast") == rankings.get("text transformers")
+    res["failures"] = failures  # a failed run still counts its time; listed so it is not missed
+    return res
+
+
+def warm(store: Path, model: str, rounds: int = 60) -> dict:
+    """Warm Searcher.search(text) latency, both paths interleaved, new text each round (no caching)."""
+    from search.searcher import Searcher
+
+    fast, slow = Searcher(store), Searcher(store, model=model)
+    assert fast.text_encoder is not None, "no fast text export"
+    ms: dict[str, list[float]] = {"fast": [], "transformers": []}
+    for s in (fast, slow):
+        s.search(WARM_TEXT, k=10)
+    for i in range(rounds):
+        text = f"{WARM_TEXT} {i}"
+        for label, s in (("fast", fast), ("transformers", slow)):
+            t0 = time.perf_counter()
+            s.search(text, k=10)
+            ms[label].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in ms.items()}
+
+
+def serve_first_answer(store: Path, fast: bool, cache: Path) -> float:
+    """Seconds from launching `pixdex serve` to the first 200 from /api/search."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/search?q=a+red+circle&k=10"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "pixdex", "serve", str(store), "--port", str(port)],
+                            env=env(fast, cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 120:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.02)
+        return float("nan")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="shapes-clip and vit-b-32 only")
+    ap.add_argument("--models", help="comma-separated: shapes-clip,vit-b-32,vit-l-14")
+    ap.add_argument("--runs", type=int, default=10, help="fresh processes per command (default 10)")
+    ap.add_argument("--images", type=int, default=48, help="images per store (default 48)")
+    ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    models = (args.models.split(",") if args.models else
+              ["shapes-clip", "vit-b-32"] + ([] if args.quick else ["vit-l-14"]))
+    work = args.work or Path(tempfile.mkdtemp(prefix="pixdex-cold-"))
+    cache = work / "cache"
+    print(f"# cold query benchmark ({datetime.now(UTC):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.runs} runs; work {work})\n")
+    results = {}
+    for name in models:
+        store, model = prepare(name, work / name, args.images, cache)
+        image = min((work / name / "images").glob("*.png"))
+        r = cold(store, args.runs, cache, image)
+        r["warm_ms"] = warm(store, model)
+        r["serve_s"] = {"fast": serve_first_answer(store, True, cache),
+                        "transformers": serve_first_answer(store, False, cache)}
+        results[name] = r
+        fast, slow = r["text fast"]["p50"], r["text transformers"]["p50"]
+        print(f"## {name}\n")
+        print("| command | p50 s | p90 s |\n|---|---|---|")
+        for label in ("text fast", "text transformers", "id: query", "image query", "info", "--help",
+                      "bad argument"):
+            print(f"| {label} | {r[label]['p50']:.2f} | {r[label]['p90']:.2f} |")
+        print(f"\ncold text query: fast {fast:.2f} s vs transformers {slow:.2f} s = {slow / fast:.1f}x faster "
+              f"(target <= {TARGETS_S.get(name, float('nan'))} s); same ranking: {r['same_ranking']}")
+        print(f"warm Searcher.search(text) p50: fast {r['warm_ms']['fast']:.1f} ms, transformers "
+              f"{r['warm_ms']['transformers']:.1f} ms ({r['warm_ms']['transformers'] / r['warm_ms']['fast']:.1f}x)")
+        print(f"pixdex serve, start to first /api/search: fast {r['serve_s']['fast']:.2f} s, transformers "
+              f"{r['serve_s']['transformers']:.2f} s", flush=True)
+        for f in r["failures"]:
+            print(f"FAILED run: {f}")
+        print()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
