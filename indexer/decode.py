@@ -6,8 +6,11 @@ the first frame of animations, a decompression-bomb guard, and JPEG draft decodi
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,9 @@ MAGIC = {
     b"MM\x00*": "tiff",
 }
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# The PIL plugins we let open a file: the formats above and their close kin. Others (EPS and PDF run
+# Ghostscript, PSD, ...) are refused as "not an image" rather than handed to a decoder nobody asked for.
+PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "ICO", "PPM", "TGA")
 
 
 class DecodeError(Exception):
@@ -61,22 +67,36 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def looks_like_image(path: str | os.PathLike) -> bool:
-    """True when the name or the content says image (so a mis-named image is still found)."""
+    """True when the name or the content says image (so a mis-named image is still found).
+
+    Only regular files are sniffed: opening a FIFO to read it would wait for a writer forever."""
     if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
         return True
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
         with open(path, "rb") as fh:
             return sniff_format(fh.read(16)) is not None
     except OSError:
         return False
 
 
-def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
-    """Refuse images whose pixel count exceeds the decompression-bomb limit."""
+def file_kind(mode: int) -> str:
+    """'a directory', 'a FIFO (named pipe)', ... for a stat mode that is not a regular file."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None, option: str = "--max-pixels") -> None:
+    """Refuse images whose declared pixel count exceeds the decompression-bomb limit (`option` raises it)."""
     if max_pixels and width * height > max_pixels:
         raise DecodeError(
             f"image too large: {width}x{height} = {width * height / 1e6:.0f} Mpx exceeds the "
-            f"limit of {max_pixels / 1e6:.0f} Mpx (raise --max-pixels to allow it)"
+            f"limit of {max_pixels / 1e6:g} Mpx (raise {option} to allow it)"
         )
 
 
@@ -110,27 +130,32 @@ def decode_bytes(
     data: bytes,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    option: str = "--max-pixels",
 ) -> Decoded:
     """Decode image bytes to RGB; raise DecodeError with a one-line reason on failure.
 
+    The declared size is checked against max_pixels before anything is decoded: nothing (EXIF
+    included: PNG's getexif() decodes the whole image) is read past the header before that.
     draft_size: the model's input edge. JPEGs at least 4x larger are DCT-scaled while decoding
     (exact enough: the processor's bicubic resize to draft_size dominates; cosine >= 0.999 tested).
+    option: the setting that raises the limit, named in the message.
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
+    w = h = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
             w, h = img.size
-            check_pixels(w, h, max_pixels)
+            check_pixels(w, h, max_pixels, option)
             photo = photo_meta(img)  # from the header: never decodes pixels, never raises
-            orient = photo.orientation or 1
             if draft_size and img.format == "JPEG" and min(w, h) >= 4 * draft_size:
                 img.draft("RGB", (2 * draft_size * w // min(w, h), 2 * draft_size * h // min(w, h)))
             if getattr(img, "is_animated", False):
                 img.seek(0)
             img.load()
+            orient = photo.orientation or late_orientation(img)
             if orient and orient != 1:
                 img = ImageOps.exif_transpose(img)
                 if orient in (5, 6, 7, 8):
@@ -140,7 +165,10 @@ def decode_bytes(
         raise
     except UnidentifiedImageError:
         raise DecodeError(f"not an image (content starts {data[:8]!r})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as exc:
+    except MemoryError:
+        raise DecodeError(f"out of memory decoding a {w}x{h} image") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+            Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "truncated" in reason.lower() or isinstance(exc, EOFError):
             reason = f"truncated or corrupt image data ({reason})"
@@ -148,18 +176,42 @@ def decode_bytes(
     return Decoded(rgb, w, h, photo)
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """Read a file's bytes, turning OS errors into DecodeError with the reason."""
+def late_orientation(img: Image.Image) -> int:
+    """EXIF orientation found only once the pixels are decoded (a PNG's eXIf chunk after IDAT); 1 if none."""
     try:
-        with open(path, "rb") as fh:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - hostile EXIF: the pixels are fine, keep them upright as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """Read a regular file's bytes, turning OS errors into DecodeError with the reason.
+
+    FIFOs, devices (/dev/zero) and sockets are refused without reading: they could block or never end."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError(f"{file_kind(st.st_mode)}, not a regular file")
+        # O_NONBLOCK: should the path turn into a FIFO after the stat, open() still returns at once
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DecodeError(f"{file_kind(os.fstat(fd).st_mode)}, not a regular file")
             return fh.read()
+    except DecodeError:
+        raise
     except PermissionError:
         raise DecodeError("permission denied") from None
     except IsADirectoryError:
         raise DecodeError("is a directory") from None
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise DecodeError(f"dangling symbolic link (to {os.readlink(path)}, which does not exist)") from None
         raise DecodeError("file not found") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DecodeError("symbolic link loop (the link leads back to itself)") from None
         raise DecodeError(exc.strerror or str(exc)) from None
 
 

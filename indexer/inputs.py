@@ -9,7 +9,7 @@ import urllib.request
 
 from PIL import Image
 
-from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_bytes, read_file, to_rgb
+from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_bytes, read_file, to_rgb
 from indexer.errors import PixdexError
 
 ImageInput = str | os.PathLike | bytes | bytearray | Image.Image
@@ -56,7 +56,11 @@ def load_image_input(
     item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
     """Any supported image input as an RGB PIL image; PixdexError names the input and the reason."""
-    if isinstance(item, Image.Image):
+    if isinstance(item, Image.Image):  # an opened, maybe not yet decoded image: its declared size first
+        try:
+            check_pixels(item.width, item.height, max_pixels)
+        except DecodeError as exc:
+            raise PixdexError(f"cannot decode image <PIL image>: {exc}") from None
         return to_rgb(item)
     data, name = input_bytes(item, timeout)
     try:

@@ -26,3 +26,4 @@ class SourceItem:
     row: int = -1
     container: str | None = None  # tar members: the archive (path or URL) and the member's data offset
     offset: int = -1
+    error: str | None = None  # found while scanning: why it cannot be indexed (goes to the error table)

@@ -101,7 +101,7 @@ def plan_work(items: list[SourceItem], by_path: dict[str, OldRow], error_paths: 
     work, changed, unchanged, seen = [], {}, 0, set()
     for item in items:
         old = by_path.get(item.key)
-        if item.size < 0 and old is not None:
+        if item.size < 0 and old is not None and item.error is None:
             continue  # listed but gone: removed below
         seen.add(item.key)
         if old is None:

@@ -68,6 +68,8 @@ def prepare(item: SourceItem) -> Prepared:
 
     Content already stored under a path that is gone (a rename) is only hashed, not decoded.
     """
+    if item.error is not None:  # found while scanning: a dangling link, a loop, a FIFO, ...
+        return Prepared(error=item.error)
     setup: DecodeSetup = _WORKER["setup"]
     try:
         data = item_bytes(item)

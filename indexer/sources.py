@@ -13,13 +13,15 @@ Source specs:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from indexer.decode import looks_like_image
+from indexer.decode import file_kind, looks_like_image
 from indexer.errors import PixdexError
 from indexer.items import COLUMN_PREFIX, RESERVED_COLUMNS, SourceItem
 from indexer.remote import check_url, is_tar, is_url, iter_tar, iter_url, local_path, read_member, read_url
@@ -34,62 +36,72 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def walk_folder(root: Path, include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[Path]:
-    """Image files under root, sorted by name; symlinks are followed, each directory and file once.
-
-    A symlink back to an ancestor (a loop) or to something already visited is skipped with a warning.
+def walk_folder(root: Path, include_hidden: bool = False,
+                warn: Warn = _stderr) -> Iterator[tuple[Path, str | None]]:
+    """(path, None) for each image file under root, sorted by name, and (path, reason) for each entry
+    that cannot be indexed and must say so: a dangling symlink, a symlink loop, a directory loop, a
+    FIFO, socket or device, an unreadable folder. Symlinks are followed, each directory and file once;
+    a folder reached again through another link is skipped with a warning (its files are listed once).
     """
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
 
-    def visit(directory: Path) -> Iterator[Path]:
+    def visit(directory: Path, ancestors: tuple[tuple[int, int], ...]) -> Iterator[tuple[Path, str | None]]:
         try:
             st = directory.stat()
         except OSError as exc:
-            warn(f"pixdex index: skipping {directory}: {exc.strerror or exc}")
+            yield directory, unreachable_reason(directory, exc)
             return
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            warn(f"pixdex index: skipping {directory}: directory loop or already visited "
-                 f"(-> {os.path.realpath(directory)})")
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            yield directory, f"directory loop: links back to its own ancestor {os.path.realpath(directory)}"
             return
-        seen_dirs.add((st.st_dev, st.st_ino))
+        if key in seen_dirs:
+            warn(f"pixdex index: skipping {directory}: already visited (-> {os.path.realpath(directory)})")
+            return
+        seen_dirs.add(key)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            warn(f"pixdex index: skipping {directory}: {exc.strerror or exc}")
+            yield directory, f"cannot list folder: {exc.strerror or exc}"
             return
         for entry in entries:
             if entry.name.startswith(".") and not include_hidden:
                 continue
             path = Path(entry.path)
             try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-                is_file = not is_dir and entry.is_file(follow_symlinks=True)
-            except OSError:
+                fst = os.stat(path)  # follows symlinks
+            except OSError as exc:
+                yield path, unreachable_reason(path, exc)
                 continue
-            if is_dir:
-                yield from visit(path)
-            elif is_file and looks_like_image(path):
-                try:
-                    fst = path.stat()
-                except OSError:
-                    yield path  # the decoder reports why it cannot be read
-                    continue
-                if (fst.st_dev, fst.st_ino) not in seen_files:
-                    seen_files.add((fst.st_dev, fst.st_ino))
-                    yield path
+            if stat.S_ISDIR(fst.st_mode):
+                yield from visit(path, (*ancestors, key))
+            elif not stat.S_ISREG(fst.st_mode):
+                yield path, f"{file_kind(fst.st_mode)}, not a regular file"
+            elif looks_like_image(path) and (fst.st_dev, fst.st_ino) not in seen_files:
+                seen_files.add((fst.st_dev, fst.st_ino))
+                yield path, None
 
-    yield from visit(root)
+    yield from visit(root, ())
 
 
-def file_item(path: Path, root: str) -> SourceItem:
-    """A SourceItem for a file on disk (size -1 when it cannot be stat'ed)."""
+def unreachable_reason(path: Path, exc: OSError) -> str:
+    """Why stat() failed on a folder entry, in words (dangling link, link loop, permission, ...)."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (the link leads back to itself)"
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return f"dangling symbolic link (to {os.readlink(path)}, which does not exist)"
+    return exc.strerror or str(exc)
+
+
+def file_item(path: Path, root: str, error: str | None = None) -> SourceItem:
+    """A SourceItem for a file on disk (size -1 when it cannot be stat'ed; `error`: why it cannot be indexed)."""
     p = Path(os.path.abspath(path))
     try:
         st = p.stat()
     except OSError:
-        return SourceItem(str(p), -1, -1.0, root)
-    return SourceItem(str(p), st.st_size, st.st_mtime, root)
+        return SourceItem(str(p), -1, -1.0, root, error=error)
+    return SourceItem(str(p), st.st_size, st.st_mtime, root, error=error)
 
 
 def is_dataset_dir(path: Path) -> bool:
@@ -126,8 +138,12 @@ def check_source(spec: str) -> None:
         if spec.startswith("imagefolder:") and not Path(target).expanduser().is_dir():
             raise PixdexError(f"source {spec}: folder {target} does not exist")
         return
-    if not Path(spec).expanduser().exists():
+    path = Path(spec).expanduser()
+    if not path.exists():
         raise PixdexError(f"source {spec} does not exist")
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):  # a FIFO may be a path list: <(find ...)
+        raise PixdexError(f"source {spec} is {file_kind(mode)}, not a folder, file or path list")
 
 
 class CheckedSources(tuple):
@@ -164,15 +180,15 @@ def _items_of(spec: str, include_hidden: bool, warn: Warn) -> Iterator[SourceIte
     path = Path(spec).expanduser()
     root = os.path.abspath(path)
     if path.is_dir():
-        for p in walk_folder(path, include_hidden, warn):
-            yield file_item(p, root)
+        for p, error in walk_folder(path, include_hidden, warn):
+            yield file_item(p, root, error)
     elif looks_like_image(path):
         yield file_item(path, root)
     else:  # a list of paths; a listed folder is walked, a listed file is taken as it is
         for p in read_path_list(path):
             if p.is_dir():
-                for q in walk_folder(p, include_hidden, warn):
-                    yield file_item(q, os.path.abspath(p))
+                for q, error in walk_folder(p, include_hidden, warn):
+                    yield file_item(q, os.path.abspath(p), error)
             else:
                 yield file_item(p, os.path.abspath(p))
 

@@ -51,20 +51,18 @@ def thumbnail_data_uri(image: Any, size: int = THUMB_SIZE) -> str | None:
     """A small base64 JPEG data URI for an image path/PIL image, or None when it cannot be read."""
     from PIL import Image
 
+    from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_bytes, read_file
+
     try:
         if isinstance(image, Image.Image):
+            check_pixels(image.width, image.height, DEFAULT_MAX_PIXELS)
             img = image.copy()
-        else:
-            path = os.fspath(image)
-            if not os.path.isfile(path):
-                return None
-            with Image.open(path) as im:
-                im.draft("RGB", (size, size))
-                img = im.convert("RGB")
+        else:  # the safe decoder: regular files only, declared size checked before any pixel is decoded
+            img = decode_bytes(read_file(os.fspath(image)), DEFAULT_MAX_PIXELS, draft_size=size).image
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, "JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError):  # a placeholder, never a broken page
+    except (DecodeError, OSError, ValueError, Image.DecompressionBombError):  # a placeholder, never a broken page
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

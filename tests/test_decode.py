@@ -199,3 +199,163 @@ def test_content_sniffing_finds_misnamed_images(tmp_path):
 def test_to_rgb_accepts_pil_images_of_any_mode():
     for mode in ["L", "RGBA", "P", "1", "I", "F", "CMYK", "YCbCr", "LA"]:
         assert to_rgb(Image.new(mode, (3, 3))).mode == "RGB"
+
+
+# ---- hostile files: bombs, odd files, damage -----------------------------------------------------------------
+def with_exif_chunk(png: bytes, orientation: int) -> bytes:
+    """The PNG with an eXIf chunk after IDAT (where PIL only finds it by decoding the pixels first)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()
+    body = body[6:] if body.startswith(b"Exif\x00\x00") else body
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + chunk + png[end:]
+
+
+def test_png_bomb_with_exif_is_refused_before_any_pixel_is_decoded(monkeypatch):
+    """PIL's PNG getexif() decodes the whole image to find a late eXIf chunk: it must not run first."""
+    from PIL import ImageFile
+
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size) or real_load(self))
+    data = with_exif_chunk(huge_png(30_000, 30_000), 6)
+    with pytest.raises(DecodeError, match="30000x30000 = 900 Mpx exceeds the limit of 100 Mpx"):
+        decode_bytes(data)
+    assert loads == []
+
+
+def test_exif_orientation_of_a_png_is_still_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))
+    out = decode_bytes(with_exif_chunk(encode(img, "PNG"), 6))
+    assert (out.width, out.height) == out.image.size == (20, 40)
+    assert pixel(out.image, (10, 5)) == (255, 0, 0) and pixel(out.image, (10, 35)) == (0, 0, 255)
+
+
+BOMB_SCRIPT = """
+import io, resource, sys
+sys.path.insert(0, "tests")
+from test_decode import huge_png, with_exif_chunk
+from PIL import Image
+from indexer.decode import DecodeError, decode_bytes
+from indexer.errors import PixdexError
+from indexer.inputs import load_image_input
+from search.results import thumbnail_data_uri
+data = with_exif_chunk(huge_png(30_000, 30_000), 6)
+open(sys.argv[1], "wb").write(data)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+refused = 0
+for attempt in (lambda: decode_bytes(data), lambda: decode_bytes(data, draft_size=224),
+                lambda: load_image_input(sys.argv[1]), lambda: load_image_input(data),
+                lambda: load_image_input(Image.open(io.BytesIO(data)))):
+    try:
+        attempt()
+    except (DecodeError, PixdexError) as exc:
+        refused += "too large" in str(exc)
+print(refused, thumbnail_data_uri(sys.argv[1]), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_png_bomb_stays_small_in_memory_on_every_path(tmp_path):
+    """Decoder, classifier/search inputs (path, bytes, an opened PIL image) and HTML thumbnails."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(tmp_path / "bomb.png")], cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    refused, thumb, grew_mb = out.stdout.split()
+    assert refused == "5" and thumb == "None"
+    assert int(grew_mb) < 100  # the image would take 900 MB decoded
+
+
+def test_large_but_allowed_image_still_decodes():
+    data = huge_png(12_000, 3_000)  # 36 Mpx: under the default limit
+    out = decode_bytes(data)
+    assert (out.width, out.height) == (12_000, 3_000) and out.image.mode == "RGB"
+
+
+def test_cmyk_and_16_bit_images_decode_through_the_checked_path():
+    cmyk = encode(Image.new("RGB", (64, 48), (20, 120, 220)).convert("CMYK"), "JPEG", quality=95)
+    assert close(pixel(decode_bytes(cmyk, max_pixels=64 * 48).image, (5, 5)), (20, 120, 220))
+    with pytest.raises(DecodeError, match="64x48"):
+        decode_bytes(cmyk, max_pixels=64 * 48 - 1)
+    deep = encode(Image.fromarray(np.full((48, 64), 40000, np.uint16)), "PNG")
+    assert pixel(decode_bytes(deep, max_pixels=64 * 48).image, (3, 3)) == (156, 156, 156)
+
+
+def sample_files() -> dict[str, bytes]:
+    img = textured(96, 64, seed=5)
+    return {"png": encode(img, "PNG"), "jpeg": encode(img, "JPEG", quality=90), "gif": encode(img, "GIF"),
+            "webp": encode(img, "WEBP"), "tiff": encode(img, "TIFF"), "bmp": encode(img, "BMP"),
+            "png16": encode(Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257)), "PNG"),
+            "cmyk": encode(img.convert("CMYK"), "JPEG")}
+
+
+@pytest.mark.parametrize("fmt", sorted(sample_files()))
+def test_truncated_and_corrupted_files_decode_or_give_one_line_reasons(fmt):
+    """Cut and byte-flipped versions of every format: an RGB image of the declared size, or a DecodeError."""
+    data = sample_files()[fmt]
+    rng = np.random.default_rng(len(data))
+    variants = [data[:n] for n in (1, 8, 16, 40, len(data) // 3, len(data) // 2, len(data) - 5)]
+    for _ in range(30):
+        buf = bytearray(data)
+        for pos in rng.integers(0, len(buf), rng.integers(1, 8)):
+            buf[pos] = int(rng.integers(0, 256))
+        variants.append(bytes(buf))
+    failures = 0
+    for v in variants:
+        try:
+            out = decode_bytes(v)
+        except DecodeError as exc:
+            failures += 1
+            assert str(exc) and "\n" not in str(exc)
+            continue
+        assert out.image.mode == "RGB" and out.image.size == (out.width, out.height)
+    assert failures >= 7  # at least every cut-short file is refused
+
+
+def test_formats_outside_the_indexed_ones_are_not_handed_to_their_decoders():
+    eps = encode(Image.new("RGB", (8, 8)), "EPS")  # opening EPS for pixels would run Ghostscript
+    with pytest.raises(DecodeError, match="not an image"):
+        decode_bytes(eps)
+
+
+def test_read_file_refuses_fifos_and_devices_without_blocking(tmp_path):
+    import os
+    import threading
+
+    from indexer.decode import read_file
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero.png"
+    link.symlink_to("/dev/zero")
+    reasons: dict = {}
+
+    def attempt(path):
+        try:
+            read_file(path)
+        except DecodeError as exc:
+            reasons[str(path)] = str(exc)
+
+    threads = [threading.Thread(target=attempt, args=(p,), daemon=True) for p in (fifo, link, tmp_path)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert not any(t.is_alive() for t in threads), "reading a FIFO or a device did not return"
+    assert reasons == {str(fifo): "a FIFO (named pipe), not a regular file",
+                       str(link): "a character device, not a regular file",
+                       str(tmp_path): "a directory, not a regular file"}
+    bare = tmp_path / "pipe"
+    os.mkfifo(bare)
+    sniff = threading.Thread(target=lambda: reasons.update(sniffed=looks_like_image(bare)), daemon=True)
+    sniff.start()
+    sniff.join(timeout=20)
+    assert reasons.get("sniffed") is False  # content sniffing does not open a FIFO

@@ -74,13 +74,83 @@ def test_symlinked_folder_is_followed_and_nothing_is_listed_twice(tmp_path, tree
 
 def test_directory_loop_is_detected_without_hanging(tree):
     (tree / "sub" / "deeper" / "loop").symlink_to(tree, target_is_directory=True)
-    warnings, result = [], []
-    t = threading.Thread(target=lambda: result.extend(keys(tree, warn=warnings.append)), daemon=True)
+    result = []
+    t = threading.Thread(target=lambda: result.extend(iter_source(str(tree))), daemon=True)
     t.start()
     t.join(timeout=20)
     assert not t.is_alive(), "walking a folder with a symlink loop did not finish"
-    assert len(result) == len(set(result)) == 3
-    assert any("loop" in w for w in warnings)
+    good = [i.key for i in result if i.error is None]
+    assert len(good) == len(set(good)) == 3
+    bad = [i for i in result if i.error is not None]
+    assert [i.key for i in bad] == [str(tree / "sub" / "deeper" / "loop")]
+    assert bad[0].error.startswith("directory loop: links back to its own ancestor")
+
+
+def hostile_tree(root: Path) -> dict[str, str]:
+    """A folder holding one good image and every kind of entry that cannot be read: name -> reason."""
+    png(root / "good.png")
+    (root / "dangling.png").symlink_to(root / "gone.png")
+    (root / "dangling-folder").symlink_to(root / "no-such-folder", target_is_directory=True)
+    (root / "self.png").symlink_to(root / "self.png")
+    (root / "ping.png").symlink_to(root / "pong.png")
+    (root / "pong.png").symlink_to(root / "ping.png")
+    os.mkfifo(root / "pipe.png")
+    os.mkfifo(root / "pipe-no-extension")
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)
+    return {"dangling.png": "dangling symbolic link (to", "dangling-folder": "dangling symbolic link (to",
+            "self.png": "symbolic link loop", "ping.png": "symbolic link loop", "pong.png": "symbolic link loop",
+            "pipe.png": "a FIFO (named pipe), not a regular file",
+            "pipe-no-extension": "a FIFO (named pipe), not a regular file",
+            "sub/up": "directory loop: links back to its own ancestor"}
+
+
+def test_links_loops_and_fifos_become_error_items_not_silence(tmp_path):
+    root = tmp_path / "photos"
+    expected = hostile_tree(root)
+    result: list = []
+    t = threading.Thread(target=lambda: result.extend(iter_source(str(root))), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "walking a folder with FIFOs and link loops did not finish"
+    errors = {os.path.relpath(i.key, root): i.error for i in result if i.error is not None}
+    assert set(errors) == set(expected)
+    for name, reason in expected.items():
+        assert errors[name].startswith(reason), (name, errors[name])
+        assert "\n" not in errors[name]
+    assert [os.path.relpath(i.key, root) for i in result if i.error is None] == ["good.png"]
+
+
+def test_index_job_records_each_hostile_entry_in_the_error_table(tmp_path, tiny_encoder):
+    from indexer.job import index_collection
+    from indexer.store import Store
+
+    root = tmp_path / "photos"
+    expected = hostile_tree(root)
+    listing = tmp_path / "list.txt"
+    listing.write_text("photos/self.png\nphotos/pipe-no-extension\n/dev/zero\nphotos/good.png\n")
+    store = tmp_path / "store.pixdex"
+    for _ in range(2):  # a rerun records the same errors again, nothing more, nothing lost
+        summary = index_collection([str(root), str(listing)], store, model=tiny_encoder, progress=False,
+                                   workers=0, log=lambda m: None)
+        st = Store.open(store)
+        assert st.count == 1
+        errors = {e["path"]: e["reason"] for e in st.errors().to_pylist()}
+        assert {os.path.relpath(p, root) for p in errors if p.startswith(str(root))} == set(expected)
+        assert errors["/dev/zero"] == "a character device, not a regular file"
+        assert len(errors) == len(expected) + 1
+    assert summary.failed == len(expected) + 1
+    (root / "self.png").unlink()  # fixed: its error row goes
+    index_collection([str(root), str(listing)], store, model=tiny_encoder, progress=False, workers=0,
+                     log=lambda m: None)
+    assert str(root / "self.png") in {e["path"] for e in Store.open(store).errors().to_pylist()}  # still listed
+    index_collection([str(root)], store, model=tiny_encoder, progress=False, workers=0, log=lambda m: None)
+    assert str(root / "self.png") not in {e["path"] for e in Store.open(store).errors().to_pylist()}
+
+
+def test_a_device_is_not_a_source(tmp_path):
+    with pytest.raises(PixdexError, match="is a character device"):
+        list(iter_source("/dev/zero"))
 
 
 def test_path_list_file(tmp_path, tree):
