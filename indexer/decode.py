@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from indexer.exif import PhotoMeta, photo_meta
 from indexer.params import DEFAULT_MAX_PIXELS
@@ -40,6 +40,11 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 # The PIL plugins we let open a file: the formats above and their close kin. Others (EPS and PDF run
 # Ghostscript, PSD, ...) are refused as "not an image" rather than handed to a decoder nobody asked for.
 PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "ICO", "PPM", "TGA")
+
+
+T = Image.Transpose
+TRANSPOSE = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
+             7: T.TRANSVERSE, 8: T.ROTATE_90}  # EXIF orientation -> the transpose that shows it upright
 
 
 class DecodeError(Exception):
@@ -157,7 +162,7 @@ def decode_bytes(
             img.load()
             orient = photo.orientation or late_orientation(img)
             if orient and orient != 1:
-                img = ImageOps.exif_transpose(img)
+                img = img.transpose(TRANSPOSE[orient])
                 if orient in (5, 6, 7, 8):
                     w, h = h, w
             rgb = to_rgb(img)
@@ -178,9 +183,14 @@ def decode_bytes(
 
 def late_orientation(img: Image.Image) -> int:
     """EXIF orientation found only once the pixels are decoded (a PNG's eXIf chunk after IDAT); 1 if none."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
     try:
-        value = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - hostile EXIF: the pixels are fine, keep them upright as stored
+        exif = Image.Exif()
+        exif.load(raw)
+        value = exif.get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - hostile EXIF: the pixels are fine, keep them as stored
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 

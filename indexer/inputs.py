@@ -53,18 +53,19 @@ def input_bytes(item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT) -
 
 
 def load_image_input(
-    item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    option: str = "--max-pixels",
 ) -> Image.Image:
     """Any supported image input as an RGB PIL image; PixdexError names the input and the reason."""
     if isinstance(item, Image.Image):  # an opened, maybe not yet decoded image: its declared size first
         try:
-            check_pixels(item.width, item.height, max_pixels)
+            check_pixels(item.width, item.height, max_pixels, option)
         except DecodeError as exc:
             raise PixdexError(f"cannot decode image <PIL image>: {exc}") from None
         return to_rgb(item)
     data, name = input_bytes(item, timeout)
     try:
-        return decode_bytes(data, max_pixels=max_pixels).image
+        return decode_bytes(data, max_pixels=max_pixels, option=option).image
     except DecodeError as exc:
         raise PixdexError(f"cannot decode image {name}: {exc}") from None
 

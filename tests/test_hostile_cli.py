@@ -267,3 +267,19 @@ def test_an_unexpected_failure_is_one_line_with_rc_1(tiny_store, capsys, monkeyp
 def test_usage_errors_are_one_line(capsys):
     code, _, err = run(capsys, "index", "--no-such-option")
     assert code == 2 and err.count("\n") == 1 and err.startswith("pixdex index: error:")
+
+
+def test_an_uploaded_png_bomb_is_refused_naming_the_servers_own_option(tiny_store):
+    """The server's pixel limit is --max-image-pixels; its message must not send users to --max-pixels."""
+    from fastapi.testclient import TestClient
+    from test_decode import huge_png, with_exif_chunk
+
+    from pixdex.server.app import create_app
+    from pixdex.server.limits import Limits
+
+    client = TestClient(create_app(tiny_store, limits=Limits(max_image_pixels=40_000_000)))
+    bomb = with_exif_chunk(huge_png(30_000, 30_000), 6)
+    resp = client.post("/api/search", files={"image": ("bomb.png", bomb, "image/png")})
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert "30000x30000 = 900 Mpx exceeds the limit of 40 Mpx (raise --max-image-pixels" in error

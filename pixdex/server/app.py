@@ -148,7 +148,7 @@ async def _uploaded_image(request: Request, limits: Limits):
     data = await upload.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise UploadTooLarge(f"image upload exceeds the {limits.max_upload_bytes} byte limit")
-    return form, upload, load_image_input(data, max_pixels=limits.max_image_pixels)
+    return form, upload, load_image_input(data, max_pixels=limits.max_image_pixels, option="--max-image-pixels")
 
 
 async def _json(request: Request) -> dict:

@@ -40,7 +40,7 @@ def thumbnail(item: dict, cache_dir: Path, edge: int, max_pixels: int) -> bytes:
         return cached.read_bytes()
     data = verified_bytes(item)
     try:
-        img = decode_bytes(data, max_pixels=max_pixels, draft_size=edge).image
+        img = decode_bytes(data, max_pixels=max_pixels, draft_size=edge, option="--max-image-pixels").image
     except DecodeError as exc:
         raise NotServable(str(exc)) from None
     img.thumbnail((edge, edge), Image.Resampling.BICUBIC)
