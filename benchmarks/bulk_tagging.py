@@ -22,8 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from classify.prompts import LabelSet
 from classify.scoring import Scoring
-from classify.tagging import FileSink, LabelSet, ShardPaths, block_table, iter_tag_blocks
+from classify.sinks import FileSink, block_table
+from classify.tagging import ShardPaths, iter_tag_blocks
 from indexer.encoder import ModelInfo
 from indexer.store import Store, StoreWriter, is_store
 

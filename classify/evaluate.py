@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.prompts import check_labels, resolve_templates
+from classify.prompts import LabelSet, check_labels, resolve_templates
 from classify.scoring import top_k_block
-from classify.tagging import LabelSet, open_encoder
 from indexer.decode import looks_like_image
+from indexer.encoder import store_encoder
 from indexer.errors import PixdexError
 from indexer.store import Store
 
@@ -149,7 +149,7 @@ def evaluate_store(
     ids = np.array([i for i, _ in found], np.int64)
     truths = [vs for _, vs in found]
 
-    enc = open_encoder(st, model, device)
+    enc = store_encoder(st, model, device)
     label_set = LabelSet.build(enc, labels, tpl, background=None)
     weights, _ = label_set.weights("single")
     k = min(5, len(labels))

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from indexer.errors import PixdexError
 
+if TYPE_CHECKING:  # both pull in torch; labels and templates are checked without it
+    from classify.scoring import Scoring
+    from indexer.encoder import Encoder
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_BACKGROUND = "something"  # CLIP multi-label: the "none of these" label, through the same templates
 DEFAULT_TEMPLATE = "This is a photo of {}."  # the transformers zero-shot pipeline's default
 
 # The 80 ImageNet prompt templates of the CLIP paper (openai/CLIP, Prompt_Engineering_for_ImageNet).
@@ -200,3 +208,52 @@ def label_embeddings(encoder, labels: Sequence[str], templates: Sequence[str]) -
         total += encoder.encode_texts([t.format(x) for x in labels])
     total /= np.linalg.norm(total, axis=1, keepdims=True).clip(1e-12)
     return total.astype(np.float32)
+
+
+# ---- label sets ----------------------------------------------------------------------------------
+@dataclass
+class LabelSet:
+    """Candidate labels embedded with their prompts, plus how the model scores them."""
+
+    labels: list[str]
+    embeddings: np.ndarray  # [labels, dim] float32 unit vectors
+    scoring: Scoring
+    templates: list[str]
+    background: np.ndarray | None = None  # [dim] unit vector (CLIP multi-label calibration)
+
+    @classmethod
+    def build(cls, encoder: Encoder, labels: Sequence[str], templates: Sequence[str] | None = None,
+              background: str | None = DEFAULT_BACKGROUND) -> LabelSet:
+        templates = list(templates) if templates else resolve_templates()
+        emb = label_embeddings(encoder, labels, templates)
+        bg = None
+        if background is not None and encoder.family != "siglip":
+            bg = label_embeddings(encoder, [background], templates)[0]
+        from classify.scoring import Scoring
+
+        return cls(list(labels), emb, Scoring.of(encoder), templates, bg)
+
+    def weights(self, mode: str) -> tuple[np.ndarray, float]:
+        """([dim, labels] matmul weights with logit_scale folded in, bias) for the mode's logits."""
+        emb = self.embeddings
+        if mode == "multi" and self.scoring.softmax:
+            if self.background is None:
+                raise PixdexError("multi-label tagging with a CLIP-like model needs a background prompt")
+            emb = emb - self.background[None, :]
+        w = np.ascontiguousarray(emb.T * np.float32(self.scoring.logit_scale), dtype=np.float32)
+        return w, self.scoring.bias
+
+
+def label_thresholds(labels: Sequence[str], threshold: float | None,
+                     per_label: dict[str, float] | None = None) -> np.ndarray:
+    """One score threshold per label: per_label where given, else threshold (default 0.5)."""
+    default = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    per_label = per_label or {}
+    unknown = sorted(set(per_label) - set(labels))
+    if unknown:
+        raise PixdexError(f"threshold given for unknown label {unknown[0]!r}")
+    out = np.array([per_label.get(x, default) for x in labels], np.float64)
+    bad = (out < 0) | (out > 1) | np.isnan(out)
+    if bad.any():
+        raise PixdexError(f"threshold {out[bad][0]} of label {labels[int(np.argmax(bad))]!r} is not in [0, 1]")
+    return out

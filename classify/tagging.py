@@ -23,105 +23,30 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from classify.prompts import label_embeddings, resolve_templates
+from classify.prompts import DEFAULT_BACKGROUND, LabelSet, label_thresholds, resolve_templates
 from classify.scoring import (
-    Scoring,
     above_threshold_block,
     above_threshold_block_torch,
     logit,
     top_k_block,
     top_k_block_torch,
 )
-from indexer.encoder import Encoder, get_encoder, pick_device
+from classify.sinks import FileSink, TagBlock, TagColumns, block_table
+from indexer.encoder import pick_device, store_encoder
 from indexer.errors import PixdexError
-from indexer.params import BATCH_ROWS, SCORE_THRESHOLD, TOP_K, WORKERS, check_device, check_output_file
+from indexer.params import BATCH_ROWS, SCORE_THRESHOLD, TOP_K, WORKERS, check_device
 from indexer.store import BASE_COLUMNS, Store, StoreWriter
 
 MODES = ("single", "multi")
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_BACKGROUND = "something"  # CLIP multi-label: the "none of these" label, through the same templates
 DEFAULT_BLOCK_ROWS = 4096
-OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TAG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-# ---- labels -----------------------------------------------------------------------------------------
-@dataclass
-class LabelSet:
-    """Candidate labels embedded with their prompts, plus how the model scores them."""
-
-    labels: list[str]
-    embeddings: np.ndarray  # [labels, dim] float32 unit vectors
-    scoring: Scoring
-    templates: list[str]
-    background: np.ndarray | None = None  # [dim] unit vector (CLIP multi-label calibration)
-
-    @classmethod
-    def build(cls, encoder: Encoder, labels: Sequence[str], templates: Sequence[str] | None = None,
-              background: str | None = DEFAULT_BACKGROUND) -> LabelSet:
-        templates = list(templates) if templates else resolve_templates()
-        emb = label_embeddings(encoder, labels, templates)
-        bg = None
-        if background is not None and encoder.family != "siglip":
-            bg = label_embeddings(encoder, [background], templates)[0]
-        return cls(list(labels), emb, Scoring.of(encoder), templates, bg)
-
-    def weights(self, mode: str) -> tuple[np.ndarray, float]:
-        """([dim, labels] matmul weights with logit_scale folded in, bias) for the mode's logits."""
-        emb = self.embeddings
-        if mode == "multi" and self.scoring.softmax:
-            if self.background is None:
-                raise PixdexError("multi-label tagging with a CLIP-like model needs a background prompt")
-            emb = emb - self.background[None, :]
-        w = np.ascontiguousarray(emb.T * np.float32(self.scoring.logit_scale), dtype=np.float32)
-        return w, self.scoring.bias
-
-
-def label_thresholds(labels: Sequence[str], threshold: float | None,
-                     per_label: dict[str, float] | None = None) -> np.ndarray:
-    """One score threshold per label: per_label where given, else threshold (default 0.5)."""
-    default = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    per_label = per_label or {}
-    unknown = sorted(set(per_label) - set(labels))
-    if unknown:
-        raise PixdexError(f"threshold given for unknown label {unknown[0]!r}")
-    out = np.array([per_label.get(x, default) for x in labels], np.float64)
-    bad = (out < 0) | (out > 1) | np.isnan(out)
-    if bad.any():
-        raise PixdexError(f"threshold {out[bad][0]} of label {labels[int(np.argmax(bad))]!r} is not in [0, 1]")
-    return out
-
-
-# ---- per-block results ------------------------------------------------------------------------------
-@dataclass
-class TagBlock:
-    """Tags of a block of images as CSR: image i has labels[offsets[i]:offsets[i+1]] (best first)."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    labels: np.ndarray  # int32 label indices
-    scores: np.ndarray  # float32
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def top(self) -> tuple[np.ndarray, np.ndarray]:
-        """(best label index or -1, its score or nan) per image."""
-        has = self.counts > 0
-        first = np.minimum(self.offsets[:-1], max(len(self.labels) - 1, 0))
-        idx = np.where(has, self.labels[first] if len(self.labels) else -1, -1)
-        sc = np.where(has, self.scores[first] if len(self.scores) else np.nan, np.nan)
-        return idx.astype(np.int32), sc.astype(np.float32)
 
 
 def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -225,110 +150,6 @@ class ShardPaths:
         return self._paths.take(pa.array(np.searchsorted(self._ids, ids)))
 
 
-# ---- sinks --------------------------------------------------------------------------------------------
-def block_table(block: TagBlock, labels: pa.Array, paths: pa.Array, lists: bool) -> pa.Table:
-    """id, path, label, score (the best label) and, when `lists`, labels/scores lists (best first)."""
-    top, top_score = block.top()
-    label_col = labels.take(pa.array(top, mask=top < 0))
-    cols = {"id": pa.array(block.ids, pa.int64()), "path": paths, "label": label_col,
-            "score": pa.array(top_score, pa.float32(), mask=top < 0)}
-    if lists:
-        offsets = pa.array(block.offsets.astype(np.int32))
-        cols["labels"] = pa.ListArray.from_arrays(offsets, labels.take(pa.array(block.labels)))
-        cols["scores"] = pa.ListArray.from_arrays(offsets, pa.array(block.scores, pa.float32()))
-    return pa.table(cols)
-
-
-def flatten_lists(table: pa.Table) -> pa.Table:
-    """List columns as ';'-joined strings (for CSV and stdout); scores rounded to 6 digits."""
-    for name in ("labels", "scores"):
-        if name in table.column_names:
-            col = table[name].combine_chunks()
-            if name == "scores":
-                offsets = pc.subtract(col.offsets, col.offsets[0])
-                values = pc.cast(pc.round(col.flatten(), 6), pa.string())
-                col = pa.ListArray.from_arrays(offsets, values)
-            table = table.set_column(table.column_names.index(name), name, pc.binary_join(col, ";"))
-    return table
-
-
-class FileSink:
-    """Streams block tables to parquet, CSV or JSONL (written to a temporary name, renamed when done)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path).expanduser()
-        fmt = OUTPUT_FORMATS.get(self.path.suffix.lower())
-        if fmt is None:
-            raise PixdexError(f"output {self.path}: unknown format; use .parquet, .csv or .jsonl")
-        check_output_file(self.path, "output")
-        self.format = fmt
-        self.tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
-        self._writer = None
-        self._fh = None
-
-    def write(self, table: pa.Table) -> None:
-        if self.format == "parquet":
-            if self._writer is None:
-                self._writer = pq.ParquetWriter(self.tmp, table.schema)
-            self._writer.write_table(table)
-        elif self.format == "csv":
-            import pyarrow.csv as pacsv
-
-            table = flatten_lists(table)
-            if self._writer is None:
-                self._writer = pacsv.CSVWriter(self.tmp, table.schema)
-            self._writer.write_table(table)
-        else:
-            import json
-
-            if self._fh is None:
-                self._fh = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
-            for row in table.to_pylist():
-                self._fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n")
-
-    def close(self, ok: bool = True) -> None:
-        for obj in (self._writer, self._fh):
-            if obj is not None:
-                obj.close()
-        if ok and self.tmp.exists():
-            os.replace(self.tmp, self.path)
-        elif self.tmp.exists():
-            self.tmp.unlink()
-
-
-def _json_default(x):
-    return None if isinstance(x, float) and np.isnan(x) else str(x)
-
-
-class TagColumns:
-    """Collects the store's tag columns: single mode NAME (best label, string) and NAME_score (float);
-    multi mode NAME (list of labels over threshold, best first) and NAME_score (their scores)."""
-
-    def __init__(self, name: str, multi: bool):
-        self.name, self.multi = name, multi
-        self.parts: list[pa.Table] = []
-
-    def add(self, block: TagBlock, labels: pa.Array) -> None:
-        if self.multi:
-            offsets = pa.array(block.offsets.astype(np.int32))
-            value = pa.ListArray.from_arrays(offsets, labels.take(pa.array(block.labels)))
-            score = pa.ListArray.from_arrays(offsets, pa.array(block.scores.astype(np.float64)))
-        else:
-            top, top_score = block.top()
-            value = labels.take(pa.array(top, mask=top < 0))
-            score = pa.array(top_score.astype(np.float64), pa.float64(), mask=top < 0)
-        self.parts.append(pa.table({"id": pa.array(block.ids, pa.int64()), self.name: value,
-                                    f"{self.name}_score": score}))
-
-    def table(self) -> pa.Table:
-        if not self.parts:
-            value_type = pa.list_(pa.string()) if self.multi else pa.string()
-            score_type = pa.list_(pa.float64()) if self.multi else pa.float64()
-            return pa.table({"id": pa.array([], pa.int64()), self.name: pa.array([], value_type),
-                             f"{self.name}_score": pa.array([], score_type)})
-        return pa.concat_tables(self.parts).combine_chunks()
-
-
 def check_tag_name(name: str) -> str:
     """A tag set name must be an identifier that does not shadow a metadata column."""
     if not TAG_NAME.match(name or ""):
@@ -392,13 +213,6 @@ def check_coverage(store: Store, ids: np.ndarray, name: str) -> None:
                           f"{len(live)} items (did the store change while tagging? run it again)")
 
 
-def open_encoder(store: Store, model: str | None = None, device: str = "auto") -> Encoder:
-    """The store's model (or `model`), checked against the store's fingerprint."""
-    enc = get_encoder(model or store.model["name"], device=device)
-    store.check_model(enc.info)
-    return enc
-
-
 def tag_store(
     store: str | os.PathLike | Store,
     labels: Sequence[str],
@@ -436,7 +250,7 @@ def tag_store(
     tpl = resolve_templates(template, templates, ensemble)
     thr = label_thresholds(labels, threshold, thresholds) if mode == "multi" else None
     sink = FileSink(out) if out is not None else None  # checks the path; writes nothing yet
-    enc = open_encoder(st, model, device)
+    enc = store_encoder(st, model, device)
     label_set = LabelSet.build(enc, labels, tpl, background if mode == "multi" else None)
     if mode == "single" and top_k is None:
         top_k = 1

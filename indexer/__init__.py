@@ -10,7 +10,7 @@ Names are imported lazily so that light users (the CLI's --help) do not pay for 
 from importlib import import_module
 
 _EXPORTS = {
-    "Encoder": "indexer.encoder", "ModelInfo": "indexer.encoder", "get_encoder": "indexer.encoder",
+    "Encoder": "indexer.encoder", "ModelInfo": "indexer.models", "get_encoder": "indexer.encoder",
     "PixdexError": "indexer.errors", "ModelMismatchError": "indexer.errors",
     "IndexSummary": "indexer.job", "index_collection": "indexer.job",
     "DEFAULT_MODEL": "indexer.models", "resolve_model": "indexer.models",

@@ -12,29 +12,21 @@ import math
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from indexer.errors import PixdexError
 from indexer.inputs import ImageInput, load_image_input
-from indexer.models import DEFAULT_MODEL, explain_load_failure, resolve_model
+from indexer.models import DEFAULT_MODEL, ModelInfo, explain_load_failure, resolve_model
 from indexer.params import check_device
 from indexer.pixels import UINT8_KEY, normalise, plan_for
 
+if TYPE_CHECKING:
+    from indexer.store import Store
+
 SIGLIP_TEXT_LENGTH = 64  # what the zero-shot pipeline pads SigLIP prompts to
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a store records about the model that made its embeddings."""
-
-    name: str
-    family: str  # "clip" (softmax scoring) or "siglip" (sigmoid scoring)
-    dim: int
-    fingerprint: str
-    model_type: str
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -219,3 +211,10 @@ def get_encoder(model: str = DEFAULT_MODEL, device: str = "auto") -> Encoder:
     if key not in _CACHE:
         _CACHE[key] = Encoder(model, device=device)
     return _CACHE[key]
+
+
+def store_encoder(store: Store, model: str | Encoder | None = None, device: str = "auto") -> Encoder:
+    """The store's model (or `model`), loaded once per process and checked against the store's fingerprint."""
+    enc = model if isinstance(model, Encoder) else get_encoder(model or store.model["name"], device=device)
+    store.check_model(enc.info)
+    return enc

@@ -1,14 +1,26 @@
-"""Model names: short names registered by plugins, local directories, and hub ids."""
+"""Model names (short names registered by plugins, local directories, hub ids) and what identifies a model."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import PixdexError
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 ENTRY_POINT_GROUP = "pixdex.models"  # e.g. `shapes-clip`, registered by the pixdex package
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a store records about the model that made its embeddings."""
+
+    name: str
+    family: str  # "clip" (softmax scoring) or "siglip" (sigmoid scoring)
+    dim: int
+    fingerprint: str
+    model_type: str
 
 
 def registered_models() -> dict[str, str]:

@@ -38,7 +38,7 @@ from indexer.exif import PHOTO_SCHEMA
 from indexer.faiss_index import SHARDED_TYPES, apply_search_params, read_sharded
 
 if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need it
-    from indexer.encoder import ModelInfo
+    from indexer.models import ModelInfo
 
 FORMAT = "pixdex-store"
 FORMAT_VERSION = 1

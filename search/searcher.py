@@ -146,15 +146,9 @@ class Searcher:
     def encoder(self):
         """The store's model (loaded once per process), checked against the store's fingerprint."""
         if self._encoder is None:
-            from indexer.encoder import Encoder, get_encoder
+            from indexer.encoder import store_encoder  # torch: only when a query needs the model
 
-            model = self._model
-            if isinstance(model, Encoder):
-                enc = model
-            else:
-                enc = get_encoder(model or self.store.model["name"], self.device)
-            self.store.check_model(enc.info)
-            self._encoder = enc
+            self._encoder = store_encoder(self.store, self._model, self.device)
         return self._encoder
 
     @property

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from classify.prompts import CLIP_IMAGENET_80, label_embeddings, read_labels_file, resolve_templates
+from classify.prompts import CLIP_IMAGENET_80, LabelSet, label_embeddings, read_labels_file, resolve_templates
 from classify.scoring import Scoring, top_k_block, top_k_block_torch
-from classify.tagging import LabelSet, tag_store
+from classify.tagging import tag_store
 from indexer.encoder import Encoder
 from indexer.errors import ModelMismatchError, PixdexError
 from indexer.store import Store, StoreWriter

@@ -125,7 +125,9 @@ def run_classify_image(args) -> int:
 
 
 def run_classify(args) -> int:
-    from classify.tagging import DEFAULT_BACKGROUND, flatten_lists, tag_store
+    from classify.prompts import DEFAULT_BACKGROUND
+    from classify.sinks import flatten_lists
+    from classify.tagging import tag_store
 
     labels, thresholds = read_label_args(args)
     emit = None
