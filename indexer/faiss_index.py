@@ -19,7 +19,7 @@ import numpy as np
 
 from indexer.params import INDEX_TYPES
 
-SHARDED_KINDS = ("sharded", "sharded-parts")  # built by indexer.sharded_index (on disk / as IndexShards parts)
+SHARDED_REQUEST_TYPES = ("sharded", "sharded-parts")  # built by indexer.sharded_index (on disk / as parts)
 SHARDED_TYPES = ("ivfpq-ondisk", "ivfpq-parts")  # the index types those builds record in the manifest
 EXACT_LIMIT = 100_000  # below this, exact search costs a few ms: no reason to approximate
 HNSW_LIMIT = 2_000_000  # above this, HNSW's build time and link memory stop paying off
@@ -39,17 +39,17 @@ class IndexSpec:
     reason: str = ""
 
 
-def bytes_per_vector(kind: str, dim: int, pq_m: int = 0) -> int:
+def bytes_per_vector(index_type: str, dim: int, pq_m: int = 0) -> int:
     """Approximate memory per stored vector for each index type (ids included)."""
     return {
         "flat": 4 * dim + 8,
         "hnsw": 4 * dim + 8 + HNSW_M * 2 * 4,
         "ivf": 4 * dim + 8,
         "ivfpq": pq_m + 8,
-    }[kind]
+    }[index_type]
 
 
-def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "auto") -> IndexSpec:
+def choose_index(n: int, dim: int, max_memory: int | None = None, index_type: str = "auto") -> IndexSpec:
     """Pick an index the way autofaiss reasons, within a memory budget (bytes; None = no limit).
 
     - fewer than 100k vectors and they fit: Flat. Exact search over 100k x 512 takes a few ms.
@@ -62,11 +62,11 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "a
     honoured as asked (flat/hnsw/ivf/ivfpq) with sizes chosen the same way; ivfpq needs at least
     MIN_PQ_TRAIN vectors to train its codebooks and falls back to IVF-Flat below that.
     """
-    if kind not in INDEX_TYPES or kind in SHARDED_KINDS:
-        raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+    if index_type not in INDEX_TYPES or index_type in SHARDED_REQUEST_TYPES:
+        raise ValueError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
     nlist = default_nlist(n)
     budget = max_memory or float("inf")
-    if kind == "auto":
+    if index_type == "auto":
         if n < EXACT_LIMIT and n * bytes_per_vector("flat", dim) <= budget:
             return IndexSpec("flat", "Flat", reason=f"{n} vectors < {EXACT_LIMIT}: exact search is fast enough")
         if n <= HNSW_LIMIT and n * bytes_per_vector("hnsw", dim) <= budget:
@@ -74,18 +74,18 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, kind: str = "a
         if n * bytes_per_vector("ivf", dim) <= budget:
             why = f"{n} vectors > {HNSW_LIMIT}" if n > HNSW_LIMIT else "HNSW links exceed the memory budget"
             return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=f"{why}: IVF-Flat")
-        kind = "ivfpq"
-    if kind == "flat":
+        index_type = "ivfpq"
+    if index_type == "flat":
         return IndexSpec("flat", "Flat", reason="asked for flat")
-    if kind == "hnsw":
+    if index_type == "hnsw":
         return IndexSpec("hnsw", f"HNSW{HNSW_M}", reason="asked for hnsw")
-    if kind == "ivfpq" and n >= MIN_PQ_TRAIN:
+    if index_type == "ivfpq" and n >= MIN_PQ_TRAIN:
         m = pq_code_size(dim, n, budget)
         nbits = pq_bits(n)
         code = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"
         return IndexSpec("ivfpq", f"IVF{nlist},{code}", nlist, m,
                          reason=f"{code}: about {m * nbits // 8 + 8} bytes/vector, within the memory budget")
-    why = "asked for ivf" if kind == "ivf" else f"ivfpq needs >= {MIN_PQ_TRAIN} vectors to train; IVF-Flat instead"
+    why = "asked for ivf" if index_type == "ivf" else f"ivfpq needs >= {MIN_PQ_TRAIN} vectors to train; IVF-Flat instead"
     return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=why)
 
 
@@ -151,9 +151,9 @@ def hnsw_of(index):
     return getattr(inner, "hnsw", None)
 
 
-def index_family(kind: str | None) -> str | None:
+def index_family(index_type: str | None) -> str | None:
     """How an index type searches: sharded IVF-PQ builds (on-disk or parts) behave as ivfpq."""
-    return "ivfpq" if kind in SHARDED_TYPES else kind
+    return "ivfpq" if index_type in SHARDED_TYPES else index_type
 
 
 def apply_search_params(index, params: dict) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from indexer.atomic import write_atomic
 from indexer.faiss_index import (
     MIN_PQ_TRAIN,
-    SHARDED_KINDS,
+    SHARDED_REQUEST_TYPES,
     TARGET_RECALL,
     IndexSpec,
     choose_index,
@@ -51,19 +51,19 @@ def stored_spec(info: dict) -> IndexSpec:
                      info.get("reason", ""))
 
 
-def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None = None,
+def update_index(writer: StoreWriter, index_type: str = "auto", max_memory: int | None = None,
                  log: Callable[[str], None] = print, engine: str = "local") -> dict:
     """Bring the index up to date with the committed rows; returns the manifest's index record.
 
-    `kind` auto keeps the type the store's index was explicitly built with (e.g. an earlier --index ivf).
+    `index_type` auto keeps the type the store's index was explicitly built with (e.g. an earlier --index ivf).
     sharded / sharded-parts rebuild by parts (indexer.sharded_index) whenever the rows changed; with
     engine="ray" the parts are Ray tasks.
     """
     snap = writer.snapshot()
     info = snap.index_info
-    requested = kind if kind != "auto" else info.get("requested", "auto")
+    requested = index_type if index_type != "auto" else info.get("requested", "auto")
     n = snap.count
-    if requested in SHARDED_KINDS and n >= MIN_PQ_TRAIN // 39:  # 16 vectors train 4-bit PQ codebooks
+    if requested in SHARDED_REQUEST_TYPES and n >= MIN_PQ_TRAIN // 39:  # 16 vectors train 4-bit PQ codebooks
         if snap.index_is_current() and info.get("requested") == requested:
             return writer.manifest["index"]
         if engine == "ray":
@@ -71,7 +71,7 @@ def update_index(writer: StoreWriter, kind: str = "auto", max_memory: int | None
         else:
             runner = process_runner
         return build_sharded(writer, max_memory=max_memory, merge=requested == "sharded", runner=runner, log=log)
-    choice = "auto" if requested in SHARDED_KINDS else requested  # too few vectors for a sharded build
+    choice = "auto" if requested in SHARDED_REQUEST_TYPES else requested  # too few vectors for a sharded build
     spec = choose_index(n, snap.dim, max_memory, choice) if n else IndexSpec("flat", "Flat", reason="empty store")
     if snap.index_is_current() and spec.type == info.get("type"):
         if requested != info.get("requested", "auto"):

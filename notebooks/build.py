@@ -585,7 +585,7 @@ def index_tuning():
         """),
         code("""
         BUDGET = 2 * MB
-        specs = {kind: choose_index(N, DIM, kind=kind) for kind in ("flat", "hnsw", "ivf")}
+        specs = {kind: choose_index(N, DIM, index_type=kind) for kind in ("flat", "hnsw", "ivf")}
         specs["ivfpq"] = choose_index(N, DIM, max_memory=BUDGET)
         assert specs["ivfpq"].type == "ivfpq"
 

@@ -47,14 +47,14 @@ def test_memory_budget_moves_to_cheaper_indexes():
 
 
 def test_explicit_types_are_honoured_with_trainable_sizes():
-    assert choose_index(3000, DIM, kind="flat").type == "flat"
-    assert choose_index(3000, DIM, kind="hnsw").factory == "HNSW32"
-    ivf = choose_index(3000, DIM, kind="ivf")
+    assert choose_index(3000, DIM, index_type="flat").type == "flat"
+    assert choose_index(3000, DIM, index_type="hnsw").factory == "HNSW32"
+    ivf = choose_index(3000, DIM, index_type="ivf")
     assert ivf.type == "ivf" and ivf.nlist <= 3000 // 39
-    assert choose_index(3000, DIM, kind="ivfpq").type == "ivfpq"
-    assert choose_index(100, DIM, kind="ivfpq").type == "ivf"  # too few vectors to train PQ codebooks
+    assert choose_index(3000, DIM, index_type="ivfpq").type == "ivfpq"
+    assert choose_index(100, DIM, index_type="ivfpq").type == "ivf"  # too few vectors to train PQ codebooks
     with pytest.raises(ValueError):
-        choose_index(10, DIM, kind="annoy")
+        choose_index(10, DIM, index_type="annoy")
 
 
 # ---- building and tuning on a store -------------------------------------------------------------
@@ -73,9 +73,9 @@ def fill(path, n: int, seed: int, start: int = 0) -> None:
         w.append(rows, clustered(n, seed))
 
 
-def index_now(path, kind: str = "auto") -> dict:
+def index_now(path, index_type: str = "auto") -> dict:
     with StoreWriter(path) as w:
-        record = update_index(w, kind, log=lambda m: None)
+        record = update_index(w, index_type, log=lambda m: None)
     return record
 
 
