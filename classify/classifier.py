@@ -18,6 +18,7 @@ from indexer.encoder import Encoder, get_encoder
 from indexer.errors import PixdexError
 from indexer.inputs import ImageInput, load_image_input
 from indexer.models import DEFAULT_MODEL
+from indexer.params import BATCH_SIZE, TIMEOUT, TOP_K
 
 LABEL_CACHE_SIZE = 64  # (labels, template) sets kept embedded
 
@@ -28,9 +29,9 @@ class ZeroShotClassifier:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 32,
                  encoder: Encoder | None = None):
+        self.batch_size = BATCH_SIZE.check(batch_size, "batch_size")
         self.encoder = encoder if encoder is not None else get_encoder(model, device=device)
         self.scoring = Scoring.of(self.encoder)
-        self.batch_size = batch_size
         self._labels: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     def __call__(
@@ -50,8 +51,10 @@ class ZeroShotClassifier:
             raise PixdexError("no image given: pass a path, URL, PIL image, bytes or base64 string (or a list)")
         labels = check_labels(candidate_labels)
         check_template(hypothesis_template)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise PixdexError(f"top_k must be a positive integer, not {top_k!r}")
+        if top_k is not None:
+            top_k = TOP_K.check(top_k, "top_k")
+        if timeout is not None:
+            timeout = TIMEOUT.check(timeout, "timeout")
         many = isinstance(image, (list, tuple))
         images = list(image) if many else [image]
         scores = self.scores(images, labels, hypothesis_template, timeout)

@@ -23,6 +23,7 @@ from classify.scoring import top_k_block
 from indexer.decode import looks_like_image
 from indexer.encoder import store_encoder
 from indexer.errors import PixdexError
+from indexer.params import check_device, check_output_folder
 from indexer.store import Store
 
 EVAL_BLOCK = 65536
@@ -130,6 +131,9 @@ def evaluate_store(
 ) -> EvalReport:
     """Top-1/top-5 accuracy, per-class precision/recall and a confusion matrix of single-label
     zero-shot classification over the stored embeddings of the truth's images."""
+    if out_dir is not None:
+        check_output_folder(out_dir, "out_dir")
+    check_device(device)
     st = store if isinstance(store, Store) else Store.open(store)
     truth_map = read_truth(truth, column)
     if labels is None:

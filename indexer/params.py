@@ -178,6 +178,33 @@ def check_output_file(path: str | os.PathLike, name: str = "output", make_parent
     return p
 
 
+def check_output_folder(path: str | os.PathLike, name: str = "output folder") -> Path:
+    """A folder to write into: an existing writable folder, or one that can be made (its nearest existing
+    ancestor is a writable folder)."""
+    if not str(path).strip():
+        raise PixdexError(f"{name}: empty path")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise PixdexError(f"{name} {path}: exists and is not a folder")
+    folder = p.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PixdexError(f"{name} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PixdexError(f"{name} {path}: permission denied")
+    return p
+
+
+def output_folder_arg(text: str) -> str:
+    """argparse `type=` for an output folder option (--out-dir)."""
+    try:
+        check_output_folder(text, "folder")
+    except PixdexError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def output_file_arg(text: str) -> str:
     """argparse `type=` for an output file option whose folder must exist (--out)."""
     try:

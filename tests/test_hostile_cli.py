@@ -174,6 +174,43 @@ def test_classify_out_to_a_folder_is_refused(tagged_store, capsys):
     one_line_error(code, err, "classify", "is a folder")
 
 
+def test_eval_out_dir_that_is_a_file_is_refused_before_evaluating(tiny_store, shapes_dir, tmp_path, capsys):
+    blocker = tmp_path / "report"
+    blocker.write_text("keep me")
+    code, out, err = run(capsys, "eval", tiny_store, "--truth", shapes_dir / "labels.csv", "--out-dir", blocker)
+    one_line_error(code, err, "eval", "argument --out-dir: folder")
+    assert "exists and is not a folder" in err and out == "" and blocker.read_text() == "keep me"
+    from classify.evaluate import evaluate_store
+
+    with pytest.raises(PixdexError, match="out_dir .* exists and is not a folder"):
+        evaluate_store(tiny_store, shapes_dir / "labels.csv", out_dir=blocker)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"batch_size": 0}, "batch_size must be a whole number from 1"),
+    ({"batch_size": -1}, "batch_size must be"),
+])
+def test_classifier_api_refuses_bad_sizes_before_loading_a_model(kwargs, needle):
+    from classify.classifier import ZeroShotClassifier
+
+    with pytest.raises(PixdexError, match=needle):
+        ZeroShotClassifier("no-such-model-is-loaded", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"top_k": 0}, "top_k must be"), ({"top_k": 2.5}, "top_k must be"), ({"timeout": -1}, "timeout must be"),
+    ({"timeout": float("inf")}, "timeout must be"),
+])
+def test_classifier_call_refuses_bad_options(tiny_clip, kwargs, needle):
+    from PIL import Image
+
+    from classify.classifier import ZeroShotClassifier
+
+    clf = ZeroShotClassifier(tiny_clip, device="cpu")
+    with pytest.raises(PixdexError, match=needle):
+        clf(Image.new("RGB", (32, 32)), candidate_labels=["a", "b"], **kwargs)
+
+
 @pytest.mark.parametrize("device, needle", [
     ("bogus", "'bogus' is not a device"),
     ("cuda:x", "is not a device"),

@@ -6,7 +6,15 @@ import sys
 
 from indexer.errors import PixdexError
 from indexer.models import DEFAULT_MODEL as CLASSIFIER_DEFAULT_MODEL  # same default as pixdex index
-from indexer.params import BATCH_ROWS, SCORE_THRESHOLD, TIMEOUT, TOP_K, device_arg, output_file_arg
+from indexer.params import (
+    BATCH_ROWS,
+    SCORE_THRESHOLD,
+    TIMEOUT,
+    TOP_K,
+    device_arg,
+    output_file_arg,
+    output_folder_arg,
+)
 from pixdex.cli.common import add_model_args, print_json
 
 
@@ -59,7 +67,7 @@ def register(sub) -> None:
     e.add_argument("--labels", default=None, help="candidate labels (default: every value in the truth)")
     e.add_argument("--labels-file", default=None, help="candidate labels, one per line")
     add_template_args(e)
-    e.add_argument("--out-dir", default=None, help="write metrics.json, predictions.csv and confusion.png here")
+    e.add_argument("--out-dir", type=output_folder_arg, default=None, help="write metrics.json, predictions.csv and confusion.png here")
     e.add_argument("--model", default=None, help="model (default: the store's own)")
     e.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
