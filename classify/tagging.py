@@ -142,7 +142,7 @@ class ShardPaths:
             return pa.concat_arrays([self.paths(ids[ids < self.first_ids[k + 1]]),
                                      self.paths(ids[ids >= self.first_ids[k + 1]])])
         if k != self._k:
-            t = pq.read_table(self.store.path / self.store.manifest["shards"][k]["metadata"], columns=["id", "path"])
+            t = self.store.read_shard_metadata(k, ["id", "path"])
             order = np.argsort(t["id"].to_numpy(), kind="stable")
             self._ids = t["id"].to_numpy()[order]
             self._paths = t["path"].combine_chunks().take(pa.array(order))

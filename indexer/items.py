@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from indexer.exif import PHOTO_COLUMNS
 
 # Dataset columns that would clash with the store's own columns are stored under this prefix.
-RESERVED_COLUMNS = {"id", "path", "bytes", "mtime", "width", "height", "sha256", "source_file", *PHOTO_COLUMNS}
+RESERVED_COLUMNS = {"id", "path", "path_raw", "bytes", "mtime", "width", "height", "sha256", "source_file",
+                    *PHOTO_COLUMNS}
 COLUMN_PREFIX = "dataset_"
 
 

@@ -91,7 +91,7 @@ class Plan:
 def stored_rows(snap: Store) -> dict[str, OldRow]:
     """path -> stored row, for every live row."""
     meta = snap.metadata().select(["id", "path", "bytes", "mtime", "sha256", "width", "height"]).to_pydict()
-    return {p: OldRow(i, s, m, h, w, ht) for i, p, s, m, h, w, ht in zip(
+    return {snap.real_path(p): OldRow(i, s, m, h, w, ht) for i, p, s, m, h, w, ht in zip(
         meta["id"], meta["path"], meta["bytes"], meta["mtime"], meta["sha256"], meta["width"], meta["height"])}
 
 

@@ -4,14 +4,19 @@ Layout (every file immutable once named in the manifest; the manifest is written
     manifest.json                  the committed state: model, counts, shard list, current files
     shards/emb-NNNNNN.npy          float16 [rows, dim], L2-normalised, memory-mappable, append-only
     shards/meta-NNNNNN.parquet     id, path, bytes, mtime, width, height, sha256, source columns
-                                   (rewritten as meta-NNNNNN-gGGGGGG.parquet when mtimes are refreshed)
+                                   (rewritten as meta-NNNNNN-gGGGGGG.parquet when mtimes are refreshed);
+                                   path_raw (bytes) only for file names that are not valid UTF-8
     deleted-GGGGGG.npy             ids of removed rows (sorted int64)
-    errors-GGGGGG.parquet          files that could not be indexed: path, reason, bytes, mtime
+    errors-GGGGGG.parquet          files that could not be indexed: path, reason, bytes, mtime (, path_raw)
     tags/NAME-GGGGGG.parquet       tag columns written by classify --save-as (id + columns)
     index-GGGGGG.faiss             the FAISS index over live rows, FAISS ids = store ids
 Ids are assigned in order and never reused, so shard k holds the contiguous id range
-[first_id, first_id + rows). Files replaced by a writer session stay on disk until the end of the
-next one (manifest "retained"), so a reader that opened an older snapshot keeps working meanwhile.
+[first_id, first_id + rows); the shards (and "gaps", id ranges `pixdex repair` had to drop) tile
+[0, next_id). Shard numbers NNNNNN come from the manifest's "next_shard" counter and never name a
+file already on disk. The manifest's "files" records every file it names: bytes (checked on every
+open), sha256 (checked by `pixdex info --check`) and probe (sha256 of the first and last 64 KiB,
+checked when a file is first read). Files replaced by a writer session stay on disk until the end
+of the next one (manifest "retained"), so a reader that opened an older snapshot keeps working meanwhile.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from indexer.atomic import save_json, save_npy, save_parquet
-from indexer.errors import ModelMismatchError, PixdexError
+from indexer.atomic import file_digest, probe_digest, save_json, save_npy, save_parquet, sha256_file
+from indexer.errors import ModelMismatchError, PixdexError, StoreDamaged, StoreFileMissing, StoreWriteError
 from indexer.exif import PHOTO_SCHEMA
 from indexer.faiss_index import SHARDED_TYPES, apply_search_params, read_sharded
 
@@ -43,6 +48,7 @@ if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need i
 FORMAT = "pixdex-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PATH_RAW = "path_raw"  # the bytes of a file name that is not valid UTF-8 (null for every other path)
 ERROR_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()), ("mtime", pa.float64())]
 )
@@ -50,6 +56,11 @@ BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
 # Files a writer owns (and may sweep when no manifest names them); anything else in the folder is left alone.
 OWNED = re.compile(r"^(\.tmp-.*|index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
                    r"shards/.*|tags/.*)$")
+# Names a manifest may refer to (anything else, e.g. "../x" or an absolute path, is a damaged manifest).
+NAMED = re.compile(r"^(index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
+                   r"shards/(emb-\d+\.npy|meta-\d+(-g\d+)?\.parquet)|tags/[A-Za-z0-9_.-]+-\d+\.parquet)$")
+SHARD_FILE = re.compile(r"^(emb|meta)-(\d+)(-g\d+)?\.(npy|parquet)$")
+MODEL_KEY = b"pixdex.model"  # metadata parquet files carry the model record (repair without a manifest)
 
 
 def now_iso() -> str:
@@ -58,6 +69,122 @@ def now_iso() -> str:
 
 def is_store(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+# ---- paths that are not valid UTF-8 --------------------------------------------------------------
+def split_path(path: str) -> tuple[str, bytes | None]:
+    """(text for the path column, raw bytes or None). Python reads a file name that is not valid UTF-8
+    with surrogate escapes; parquet strings must be UTF-8, so such a name is stored as its printable
+    escaped form (the byte 0xff as the four characters \\xff) plus its bytes, and comes back unchanged."""
+    try:
+        path.encode("utf-8")
+        return path, None
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def display_path(path: str) -> str:
+    """A path as printable UTF-8 text (undecodable bytes as \\xNN), for output and messages."""
+    try:
+        return split_path(path)[0]
+    except UnicodeEncodeError:  # lone surrogates that no file system produced
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def join_path(text: str, raw: bytes | None) -> str:
+    """The path split_path() stored: the file name as Python's os functions take it."""
+    return text if raw is None else bytes(raw).decode("utf-8", "surrogateescape")
+
+
+def _with_raw_paths(table: pa.Table, paths: list[str]) -> pa.Table:
+    """`table` with its path column set from `paths`, and a path_raw column when any needs it."""
+    parts = [split_path(p) for p in paths]
+    table = table.set_column(table.column_names.index("path"), "path", pa.array([t for t, _ in parts], pa.string()))
+    if any(r is not None for _, r in parts):
+        table = table.append_column(PATH_RAW, pa.array([r for _, r in parts], pa.binary()))
+    return table
+
+
+def _pop_raw_paths(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
+    """(table without path_raw, {stored text: real path}) for the rows whose name is not UTF-8."""
+    if PATH_RAW not in table.column_names:
+        return table, {}
+    raws = table[PATH_RAW].to_pylist()
+    texts = table["path"].to_pylist()
+    real = {t: join_path(t, r) for t, r in zip(texts, raws) if r is not None}
+    return table.drop_columns([PATH_RAW]), real
+
+
+# ---- what a manifest names -----------------------------------------------------------------------
+def referenced_files(m: dict) -> set[str]:
+    """Every file the manifest names (relative paths), the manifest itself excluded."""
+    names: set[str] = set()
+    for s in m.get("shards") or []:
+        names.update([s["embeddings"], s["metadata"]])
+    for key in ("deleted", "errors"):
+        if m.get(key):
+            names.add(m[key])
+    index = m.get("index") or {}
+    if index.get("file"):
+        names.add(index["file"])
+        names.update(index.get("files") or [])  # sharded indexes: parts or the .ivfdata file
+    names.update((m.get("tags") or {}).values())
+    return names
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def check_manifest(path: Path, m) -> None:
+    """Refuse a manifest that is not a whole, self-consistent record (StoreDamaged naming it)."""
+    mf = path / MANIFEST
+
+    def bad(why: str) -> StoreDamaged:
+        return StoreDamaged(mf, why, path)
+
+    if not isinstance(m, dict):
+        raise bad("not a JSON object")
+    if m.get("format") != FORMAT or not isinstance(m.get("version"), int) or m["version"] > FORMAT_VERSION:
+        raise PixdexError(f"store {path} has an unsupported format/version {m.get('version')}")
+    for key, typ in (("model", dict), ("dim", int), ("shards", list), ("next_id", int), ("generation", int),
+                     ("counts", dict), ("created", str), ("updated", str)):
+        if not isinstance(m.get(key), typ) or isinstance(m.get(key), bool):
+            raise bad(f"'{key}' is missing or not a {typ.__name__}")
+    if not all(isinstance(m["model"].get(k), str) for k in ("name", "fingerprint")) or m["dim"] < 1:
+        raise bad("the model record is incomplete")
+    segments = []
+    for k, s in enumerate(m["shards"]):
+        if not (isinstance(s, dict) and isinstance(s.get("embeddings"), str) and isinstance(s.get("metadata"), str)
+                and isinstance(s.get("first_id"), int) and isinstance(s.get("rows"), int) and s["rows"] >= 1
+                and s["first_id"] >= 0):
+            raise bad(f"shard entry {k} is incomplete")
+        segments.append((s["first_id"], s["rows"], f"shard entry {k}"))
+    for g in m.get("gaps") or []:
+        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(x, int) for x in g) and 0 <= g[0] < g[1]):
+            raise bad(f"gap {g!r} is not an id range")
+        segments.append((g[0], g[1] - g[0], "gap"))
+    firsts = [s["first_id"] for s in m["shards"]]
+    if firsts != sorted(firsts):
+        raise bad("shard entries are out of id order")
+    end = 0
+    for first, rows, what in sorted(segments):
+        if first > end:
+            raise bad(f"no shard holds ids {end}..{first - 1} (a shard entry is missing)")
+        if first < end:
+            raise bad(f"{what} overlaps ids below {end}")
+        end = first + rows
+    if end != m["next_id"]:
+        raise bad(f"the shards end at id {end} but next_id is {m['next_id']} (a shard entry is missing)")
+    rows = sum(s["rows"] for s in m["shards"])
+    counts = m["counts"]
+    if counts.get("rows") != rows or counts.get("items") != rows - counts.get("deleted", 0):
+        raise bad(f"counts {counts} do not match the {rows} rows of its shards")
+    for rel in referenced_files(m):
+        if not isinstance(rel, str) or not NAMED.match(rel):
+            raise bad(f"names a file {rel!r} that is not a store file")
 
 
 class Store:
@@ -69,14 +196,20 @@ class Store:
         self._shards = manifest["shards"]
         self._first_ids = np.array([s["first_id"] for s in self._shards], dtype=np.int64)
         self._emb_cache: dict[int, np.ndarray] = {}
+        self._probed: set[str] = set()  # files whose probe hash was checked in this snapshot
         self._meta: pa.Table | None = None
+        self._real_paths: dict[str, str] = {}  # stored text -> real path, for names that are not UTF-8
         self._path_of: dict[int, str] | None = None
         self._deleted = self._load_deleted()
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike) -> Store:
-        """Open the last committed state of the store at `path` (a local path, file:// or any fsspec URL)."""
+        """Open the last committed state of the store at `path` (a local path, file:// or any fsspec URL).
+
+        The manifest is checked for consistency and every file it names for its recorded size
+        (StoreDamaged names the first file that is missing or the wrong size).
+        """
         from indexer.remote_store import open_path
 
         path = open_path(path)
@@ -84,10 +217,17 @@ class Store:
         if not mf.is_file():
             what = "does not exist" if not path.exists() else "is not a pixdex store (no manifest.json)"
             raise PixdexError(f"store {path} {what}")
-        manifest = json.loads(mf.read_text())
-        if manifest.get("format") != FORMAT or manifest.get("version", 0) > FORMAT_VERSION:
-            raise PixdexError(f"store {path} has an unsupported format/version {manifest.get('version')}")
-        return cls(path, manifest)
+        for attempt in range(5):
+            text = _read_manifest_bytes(path)
+            try:
+                store = cls(path, parse_manifest(path, text))
+                store.check_sizes()
+                return store
+            except StoreDamaged:
+                if attempt == 4 or _read_manifest_bytes(path) == text:
+                    raise
+                # a writer committed meanwhile and swept files of the state just read: read it again
+        raise AssertionError("unreachable")
 
     # ---- facts ------------------------------------------------------------------------------
     @property
@@ -124,17 +264,123 @@ class Store:
                 f"with it. Use --model {mine['name']} or index into a new store."
             )
 
+    # ---- self-checks ------------------------------------------------------------------------
+    def damaged(self, rel: str, reason: str) -> StoreDamaged:
+        return StoreDamaged(self.path / rel, reason, self.path)
+
+    def missing(self, rel: str) -> StoreFileMissing:
+        return StoreFileMissing(self.path / rel, self.path)
+
+    def check_sizes(self) -> None:
+        """Every file the manifest names exists with its recorded size (embedding shards without a
+        record: big enough for their rows). Cheap: one stat per file."""
+        files = self.manifest.get("files") or {}
+        for rel in sorted(referenced_files(self.manifest)):
+            try:
+                size = (self.path / rel).stat().st_size
+            except FileNotFoundError:
+                raise self.missing(rel) from None
+            except OSError as exc:
+                raise self.damaged(rel, exc.strerror or _first_line(exc)) from None
+            rec = files.get(rel)
+            if rec is not None and size != rec.get("bytes"):
+                raise self.damaged(rel, f"{size} bytes where the manifest records {rec.get('bytes')} "
+                                        f"(truncated or replaced)")
+        for s in self._shards:
+            if s["embeddings"] not in files:
+                need = s["rows"] * self.dim * 2
+                size = (self.path / s["embeddings"]).stat().st_size
+                if not need < size <= need + 4096:
+                    raise self.damaged(s["embeddings"], f"{size} bytes cannot hold {s['rows']} float16 rows of "
+                                                        f"dim {self.dim}")
+
+    def probe(self, rel: str) -> None:
+        """Check a file's probe hash (first and last 64 KiB) once per snapshot, when it is first read."""
+        rec = (self.manifest.get("files") or {}).get(rel)
+        if rel in self._probed or not rec or "probe" not in rec:
+            return
+        path = self.path / rel
+        try:
+            size = path.stat().st_size
+            ok = size == rec["bytes"] and probe_digest(path, size) == rec["probe"]
+        except FileNotFoundError:
+            raise self.missing(rel) from None
+        if not ok:
+            raise self.damaged(rel, "its content is not what the manifest recorded (swapped or overwritten)")
+        self._probed.add(rel)
+
+    def verify(self, full: bool = True, progress=None) -> list[StoreDamaged]:
+        """Every problem found: sizes, then each file read and checked (full: its sha256 against the record).
+
+        `progress(nbytes)` is called as files are hashed. Returns [] for a healthy store.
+        """
+        try:
+            self.check_sizes()
+        except StoreDamaged as exc:
+            return [exc]
+        problems: list[StoreDamaged] = []
+        files = self.manifest.get("files") or {}
+        for rel in sorted(referenced_files(self.manifest)):
+            rec = files.get(rel)
+            if full and rec and "sha256" in rec:
+                digest = sha256_file(self.path / rel)
+                if progress:
+                    progress(rec["bytes"])
+                if digest != rec["sha256"]:
+                    problems.append(self.damaged(rel, "sha256 differs from the manifest's record "
+                                                      "(corrupted, swapped or overwritten)"))
+        bad = {p.path for p in problems}
+        checks = [(s["embeddings"], lambda k=k: self._map_embeddings(k)) for k, s in enumerate(self._shards)]
+        checks += [(s["metadata"], lambda k=k: self.read_shard_metadata(k)) for k, s in enumerate(self._shards)]
+        checks += [(f, lambda f=f: self._read_tags_file(f)) for f in (self.manifest.get("tags") or {}).values()]
+        if self.manifest.get("errors"):
+            checks.append((self.manifest["errors"], self._error_table))
+        if self.index_info.get("file"):
+            checks.append((self.index_info["file"], self.load_index))
+        for rel, check in checks:
+            if str(self.path / rel) not in bad:
+                try:
+                    check()
+                except StoreDamaged as exc:
+                    problems.append(exc)
+        return problems
+
     # ---- embeddings -------------------------------------------------------------------------
     def _load_deleted(self) -> np.ndarray:
         name = self.manifest.get("deleted")
         if not name:
             return np.zeros(0, np.int64)
-        return np.load(self.path / name)
+        try:
+            ids = np.load(self.path / name)
+        except FileNotFoundError:
+            raise self.missing(name) from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise self.damaged(name, f"not a readable .npy array ({_first_line(exc)})") from None
+        want = self.manifest["counts"].get("deleted", len(ids))
+        if ids.dtype.kind not in "iu" or ids.ndim != 1 or len(ids) != want:
+            raise self.damaged(name, f"holds {ids.dtype} {ids.shape}, the manifest expects {want} int64 ids")
+        return ids.astype(np.int64, copy=False)
+
+    def _map_embeddings(self, k: int) -> np.ndarray:
+        """Shard k's embeddings memory-mapped, after checking shape, dtype and the probe hash."""
+        s = self._shards[k]
+        rel = s["embeddings"]
+        self.probe(rel)
+        try:
+            emb = np.load(self.path / rel, mmap_mode="r")
+        except FileNotFoundError:
+            raise self.missing(rel) from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise self.damaged(rel, f"not a readable .npy array ({_first_line(exc)})") from None
+        if emb.dtype != np.float16 or emb.shape != (s["rows"], self.dim):
+            raise self.damaged(rel, f"holds {emb.dtype} {emb.shape}, the manifest says float16 "
+                                    f"({s['rows']}, {self.dim})")
+        return emb
 
     def shard_embeddings(self, k: int) -> np.ndarray:
         """Shard k's float16 embeddings, memory-mapped (rows include removed ones)."""
         if k not in self._emb_cache:
-            self._emb_cache[k] = np.load(self.path / self._shards[k]["embeddings"], mmap_mode="r")
+            self._emb_cache[k] = self._map_embeddings(k)
         return self._emb_cache[k]
 
     def shard_ids(self, k: int) -> np.ndarray:
@@ -153,7 +399,7 @@ class Store:
             # mapped afresh, not cached: a full pass over a big store must not keep every shard's
             # pages mapped (they would count as this process's resident memory)
             emb = self._emb_cache.get(k)
-            emb = emb if emb is not None else np.load(self.path / s["embeddings"], mmap_mode="r")
+            emb = emb if emb is not None else self._map_embeddings(k)
             for start in range(0, len(ids_all), batch_rows):
                 ids = ids_all[start : start + batch_rows]
                 block = emb[start : start + batch_rows]
@@ -180,9 +426,9 @@ class Store:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), dtype)
         return np.concatenate(ids), np.concatenate(blocks)
 
-    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, row in shard) for each id; PixdexError for ids not stored or removed."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = as_ids(ids, self)
         shard = np.searchsorted(self._first_ids, ids, side="right") - 1
         bad = shard < 0
         ok = ~bad
@@ -210,28 +456,68 @@ class Store:
             if cache:
                 out[sel] = self.shard_embeddings(int(k))[rows[sel]]
             else:
-                emb = np.load(self.path / self._shards[int(k)]["embeddings"], mmap_mode="r")
+                emb = self._map_embeddings(int(k))
                 out[sel] = emb[rows[sel]]
                 del emb
         return out
 
     # ---- metadata ---------------------------------------------------------------------------
+    def read_shard_metadata(self, k: int, columns: list[str] | None = None) -> pa.Table:
+        """Shard k's metadata (only `columns` when given; id always), checked: one row per id of the shard
+        in order. Names that are not UTF-8 keep their path_raw column here (see metadata())."""
+        s = self._shards[k]
+        rel = s["metadata"]
+        self.probe(rel)
+        try:
+            with pq.ParquetFile(self.path / rel) as f:
+                names = f.schema_arrow.names
+                want = None if columns is None else ["id", *[c for c in columns if c != "id"]]
+                if want is not None and "path" in want and PATH_RAW in names:
+                    want.append(PATH_RAW)
+                missing = [c for c in (want or BASE_COLUMNS) if c not in names]
+                if missing:
+                    raise self.damaged(rel, f"has no {missing[0]!r} column")
+                table = f.read(columns=want)
+        except FileNotFoundError:
+            raise self.missing(rel) from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise self.damaged(rel, f"not a readable parquet file ({_first_line(exc)})") from None
+        ids = table["id"].to_numpy()
+        if len(ids) != s["rows"] or not np.array_equal(ids, self.shard_ids(k)):
+            raise self.damaged(rel, f"holds {len(ids)} rows that are not ids {s['first_id']}.."
+                                    f"{s['first_id'] + s['rows'] - 1} of its shard")
+        return table
+
     def metadata(self) -> pa.Table:
-        """Metadata of live rows (base columns, source columns and saved tags), in id order."""
+        """Metadata of live rows (base columns, source columns and saved tags), in id order.
+
+        Paths that are not valid UTF-8 appear in their printable escaped form (see file_paths())."""
         if self._meta is None:
-            tables = [pq.read_table(self.path / s["metadata"]) for s in self._shards]
+            tables = [self.read_shard_metadata(k) for k in range(len(self._shards))]
             if tables:
                 table = pa.concat_tables(tables, promote_options="permissive")
             else:
                 table = pa.table({c: pa.array([], t) for c, t in zip(BASE_COLUMNS, _BASE_TYPES)})
                 table = _with_photo_columns(table)
+            table, self._real_paths = _pop_raw_paths(table)
             if len(self._deleted):
                 table = table.filter(pc.invert(pc.is_in(table["id"], pa.array(self._deleted))))
             for name, file in sorted((self.manifest.get("tags") or {}).items()):
-                tags = pq.read_table(self.path / file)
-                table = _left_join_by_id(table, tags)
+                table = _left_join_by_id(table, self._read_tags_file(file))
             self._meta = table
         return self._meta
+
+    def _read_tags_file(self, rel: str) -> pa.Table:
+        self.probe(rel)
+        try:
+            tags = pq.read_table(self.path / rel)
+        except FileNotFoundError:
+            raise self.missing(rel) from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise self.damaged(rel, f"not a readable parquet file ({_first_line(exc)})") from None
+        if "id" not in tags.column_names or tags["id"].type != pa.int64():
+            raise self.damaged(rel, "has no int64 'id' column")
+        return tags
 
     def item(self, id: int) -> dict:
         """One item's metadata as a dict."""
@@ -241,16 +527,46 @@ class Store:
         return {k: v[0] for k, v in row.to_pydict().items()}
 
     def paths(self, ids) -> list[str]:
-        """Stored paths of live ids, in that order."""
+        """Stored paths of live ids, in that order (printable: names that are not UTF-8 escaped)."""
+        ids = as_ids(ids, self)
+        self.locate(ids)
         if self._path_of is None:
             table = self.metadata()
             self._path_of = dict(zip(table["id"].to_pylist(), table["path"].to_pylist()))
         return [self._path_of[int(i)] for i in ids]
 
+    def file_paths(self, ids) -> list[str]:
+        """The file names of live ids as the OS takes them (names that are not UTF-8 unescaped)."""
+        return [self.real_path(p) for p in self.paths(ids)]
+
+    def real_path(self, stored: str) -> str:
+        """A path as metadata() shows it -> the file name as the OS takes it."""
+        self.metadata()
+        return self._real_paths.get(stored, stored)
+
     def errors(self) -> pa.Table:
-        """Files that could not be indexed: path, reason (one line), bytes, mtime."""
+        """Files that could not be indexed: path (printable), reason (one line), bytes, mtime."""
+        return _pop_raw_paths(self._error_table())[0]
+
+    def error_records(self) -> list[dict]:
+        """The error table as dicts whose path is the file name as the OS takes it."""
+        table, real = _pop_raw_paths(self._error_table())
+        return [{**r, "path": real.get(r["path"], r["path"])} for r in table.to_pylist()]
+
+    def _error_table(self) -> pa.Table:
         name = self.manifest.get("errors")
-        return pq.read_table(self.path / name) if name else ERROR_SCHEMA.empty_table()
+        if not name:
+            return ERROR_SCHEMA.empty_table()
+        self.probe(name)
+        try:
+            table = pq.read_table(self.path / name)
+        except FileNotFoundError:
+            raise self.missing(name) from None
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise self.damaged(name, f"not a readable parquet file ({_first_line(exc)})") from None
+        if any(c not in table.column_names for c in ERROR_SCHEMA.names):
+            raise self.damaged(name, "is not an error table")
+        return table
 
     def tag_sets(self) -> list[str]:
         return sorted(self.manifest.get("tags") or {})
@@ -263,12 +579,31 @@ class Store:
     def load_index(self):
         """The FAISS index, memory-mapped read-only: IO_FLAG_MMAP_IFC maps vectors, codes and IVF lists
         in place, so opening reads nothing up front and searches run at in-RAM speed (plain IO_FLAG_MMAP's
-        mapped IVF lists measured 20-50x slower per query). Older faiss: IVF with IO_FLAG_MMAP."""
-        import faiss
-
+        mapped IVF lists measured 20-50x slower per query). Older faiss: IVF with IO_FLAG_MMAP.
+        A missing, swapped or unreadable index file raises StoreDamaged."""
         path = self.index_path()
         if path is None:
             raise PixdexError(f"store {self.path} has no index yet (run pixdex index again)")
+        info = self.index_info
+        names = [info["file"], *(info.get("files") or [])]
+        for rel in names:
+            self.probe(rel)
+            if not (self.path / rel).is_file():
+                raise self.missing(rel)
+        try:
+            index = self._read_index()
+        except RuntimeError as exc:
+            raise self.damaged(info["file"], f"not a readable FAISS index ({_first_line(exc)})") from None
+        if "ntotal" in info and int(index.ntotal) != int(info["ntotal"]):
+            raise self.damaged(info["file"], f"holds {index.ntotal} vectors, the manifest records {info['ntotal']}")
+        if index.d != self.dim:
+            raise self.damaged(info["file"], f"has dimension {index.d}, the store {self.dim}")
+        return index
+
+    def _read_index(self):
+        import faiss
+
+        path = self.index_path()
         if self.index_info.get("type", "") in SHARDED_TYPES:
             index = read_sharded(self.path, self.index_info, self.dim)
             apply_search_params(index, self.index_info.get("params") or {})
@@ -289,6 +624,47 @@ class Store:
         return bool(info.get("file")) and info.get("rows") == self.manifest["counts"]["rows"] and (
             info.get("deleted") == len(self._deleted)
         )
+
+
+def as_ids(ids, store: Store | None = None) -> np.ndarray:
+    """ids as a 1-D int64 array; PixdexError (one line) for values that cannot be ids."""
+    where = f" in store {store.path}" if store is not None else ""
+    try:
+        arr = np.asarray(ids)
+    except (TypeError, ValueError) as exc:
+        raise PixdexError(f"unknown ids {ids!r:.60}{where}: {_first_line(exc)}") from None
+    if arr.dtype.kind == "i" or (arr.dtype.kind == "u" and (not arr.size or arr.max() < 2**63)):
+        return arr.astype(np.int64, copy=False).reshape(-1)
+    out = []
+    for v in arr.reshape(-1).tolist():
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise PixdexError(f"unknown id {v!r:.60}{where}: ids are whole numbers")
+        if not -(2**63) <= v < 2**63:
+            raise PixdexError(f"unknown id {v}{where}: ids are 64-bit integers")
+        out.append(v)
+    return np.array(out, np.int64)
+
+
+def _read_manifest_bytes(path: Path) -> bytes:
+    try:
+        return (path / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise StoreDamaged(path / MANIFEST, exc.strerror or _first_line(exc), path) from None
+
+
+def parse_manifest(path: Path, text: bytes) -> dict:
+    """The manifest's JSON, checked (StoreDamaged naming manifest.json when it is empty, cut or garbled)."""
+    if not text.strip():
+        raise StoreDamaged(path / MANIFEST, "empty file", path)
+    try:
+        m = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreDamaged(path / MANIFEST, f"not valid JSON (truncated or garbled: {_first_line(exc)})",
+                           path) from None
+    check_manifest(path, m)
+    return m
 
 
 _BASE_TYPES = [pa.int64(), pa.string(), pa.int64(), pa.float64(), pa.int32(), pa.int32(), pa.string()]
@@ -323,9 +699,13 @@ class StoreWriter:
         self.shard_rows = shard_rows
         if not is_store(self.path):
             _check_new_store_dir(self.path, model)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "shards").mkdir(exist_ok=True)
-        self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 - held open: the flock lives as long as it
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "shards").mkdir(exist_ok=True)
+            self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 - held open: the flock lives as long as it
+        except OSError as exc:
+            raise StoreWriteError(f"store {self.path} cannot be written: {exc.strerror or _first_line(exc)}",
+                                  exc.errno) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -341,7 +721,7 @@ class StoreWriter:
         self._pending_rows: list[dict] = []
         self._pending_emb: list[np.ndarray] = []
         self._deleted = set(self.snapshot().deleted_ids.tolist())
-        self._errors: dict[str, dict] = {r["path"]: r for r in self.snapshot().errors().to_pylist()}
+        self._errors: dict[str, dict] = {r["path"]: r for r in self.snapshot().error_records()}
         self._errors_dirty = False
         self._mtimes: dict[int, float] = {}
         self._columns: dict[int, dict] = {}  # id -> metadata values to set (columns added to old shards)
@@ -355,14 +735,17 @@ class StoreWriter:
             if model is not None and self.manifest["next_id"] == 0 and not self.manifest["shards"]:
                 if asdict(model) != self.manifest["model"]:  # nothing embedded yet: any model may start it
                     self.manifest = new_manifest(model)
-                    save_json(self.path / MANIFEST, self.manifest)
+                    self._save_manifest()
             elif model is not None:
                 Store(self.path, self.manifest).check_model(model)
         else:
             if model is None:
                 raise PixdexError(f"store {self.path} does not exist")
             self.manifest = new_manifest(model)
-            save_json(self.path / MANIFEST, self.manifest)
+            self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        save_json(self.path / MANIFEST, self.manifest)
 
     def snapshot(self) -> Store:
         """A reader over what is committed now (unaffected by later writes)."""
@@ -455,8 +838,11 @@ class StoreWriter:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
             raise PixdexError(f"tag set name {name!r} may only use letters, digits, '_', '-' and '.'")
         gen = self.manifest["generation"] + 1
-        (self.path / "tags").mkdir(exist_ok=True)
-        rel = f"tags/{name}-{gen:06d}.parquet"
+        try:
+            (self.path / "tags").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(f"cannot write {self.path / 'tags'}: {exc.strerror}", exc.errno) from None
+        rel = self._fresh(f"tags/{name}-{gen:06d}.parquet")
         save_parquet(self.path / rel, table)
         self.manifest.setdefault("tags", {})[name] = rel
         self._dirty = True
@@ -472,14 +858,14 @@ class StoreWriter:
         gen = m["generation"] + 1
         if self._pending_rows:
             emb = np.concatenate(self._pending_emb)
-            name = f"{len(m['shards']):06d}"
-            emb_rel, meta_rel = f"shards/emb-{name}.npy", f"shards/meta-{name}.parquet"
+            number = self._new_shard_number()
+            emb_rel, meta_rel = f"shards/emb-{number:06d}.npy", f"shards/meta-{number:06d}.parquet"
             save_npy(self.path / emb_rel, emb)
-            save_parquet(self.path / meta_rel, rows_to_table(self._pending_rows))
-            m["shards"].append(
-                {"embeddings": emb_rel, "metadata": meta_rel, "first_id": m["next_id"], "rows": len(emb)}
-            )
+            save_parquet(self.path / meta_rel, rows_to_table(self._pending_rows, self.manifest))
+            m["shards"].append({"embeddings": emb_rel, "metadata": meta_rel, "first_id": m["next_id"],
+                                "rows": len(emb), "dtype": "float16", "dim": int(emb.shape[1])})
             m["next_id"] += len(emb)
+            m["next_shard"] = number + 1
             self._pending_rows, self._pending_emb = [], []
             self._dirty = True
         if not self._dirty:
@@ -489,13 +875,16 @@ class StoreWriter:
         if self._columns:
             self._write_columns(gen)
         if len(self._deleted) != m["counts"].get("deleted", 0):
-            m["deleted"] = f"deleted-{gen:06d}.npy"
-            save_npy(self.path / m["deleted"], np.array(sorted(self._deleted), dtype=np.int64))
+            rel = self._fresh(f"deleted-{gen:06d}.npy")
+            save_npy(self.path / rel, np.array(sorted(self._deleted), dtype=np.int64))
+            m["deleted"] = rel
         if self._errors_dirty:
             if self._errors:
-                m["errors"] = f"errors-{gen:06d}.parquet"
+                rel = self._fresh(f"errors-{gen:06d}.parquet")
                 rows = sorted(self._errors.values(), key=lambda r: r["path"])
-                save_parquet(self.path / m["errors"], pa.Table.from_pylist(rows, schema=ERROR_SCHEMA))
+                table = pa.Table.from_pylist([{**r, "path": ""} for r in rows], schema=ERROR_SCHEMA)
+                save_parquet(self.path / rel, _with_raw_paths(table, [r["path"] for r in rows]))
+                m["errors"] = rel
             else:
                 m.pop("errors", None)
             self._errors_dirty = False
@@ -504,19 +893,48 @@ class StoreWriter:
                        "errors": len(self._errors)}
         m["generation"] = gen
         m["updated"] = now_iso()
-        save_json(self.path / MANIFEST, m)
+        self._record_files()
+        self._save_manifest()
         self._dirty = False
+
+    def _new_shard_number(self) -> int:
+        """The next shard number: past the manifest's counter and past every shard file on disk."""
+        n = max(int(self.manifest.get("next_shard", len(self.manifest["shards"]))), len(self.manifest["shards"]))
+        for p in (self.path / "shards").iterdir():
+            match = SHARD_FILE.match(p.name)
+            if match:
+                n = max(n, int(match.group(2)) + 1)
+        return n
+
+    def _fresh(self, rel: str) -> str:
+        """A generation-numbered name, refused if the committed manifest still names that file."""
+        if rel in self._referenced():
+            raise StoreDamaged(self.path / MANIFEST, f"its generation {self.manifest['generation']} is behind "
+                                                     f"the files it names ({rel})", self.path)
+        return rel
+
+    def _record_files(self) -> None:
+        """Record bytes, sha256 and probe of every named file not yet recorded; forget the others.
+
+        Files of stores written before checksums existed are recorded at their first write."""
+        files = self.manifest.setdefault("files", {})
+        names = self._referenced() - {MANIFEST}
+        for rel in sorted(names - set(files)):
+            files[rel] = file_digest(self.path / rel)
+        for rel in set(files) - names:
+            del files[rel]
 
     def _write_mtimes(self, gen: int) -> None:
         """Rewrite the metadata files of shards holding rows with refreshed mtimes (embeddings untouched)."""
-        first = np.array([s["first_id"] for s in self.manifest["shards"]], np.int64)
+        snap = self.snapshot()
         ids = np.array(sorted(self._mtimes), np.int64)
-        for k in np.unique(np.searchsorted(first, ids, side="right") - 1):
+        for k in np.unique(np.searchsorted(snap._first_ids, ids, side="right") - 1):
             shard = self.manifest["shards"][int(k)]
-            table = pq.read_table(self.path / shard["metadata"])
+            table = snap.read_shard_metadata(int(k))
             mtimes = [self._mtimes.get(i, t) for i, t in zip(table["id"].to_pylist(), table["mtime"].to_pylist())]
             table = table.set_column(table.column_names.index("mtime"), "mtime", pa.array(mtimes, pa.float64()))
-            rel = f"shards/meta-{int(k):06d}-g{gen:06d}.parquet"
+            number = SHARD_FILE.match(Path(shard["embeddings"]).name).group(2)
+            rel = self._fresh(f"shards/meta-{number}-g{gen:06d}.parquet")
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel
         self._mtimes = {}
@@ -565,26 +983,24 @@ class StoreWriter:
 
     # ---- housekeeping -----------------------------------------------------------------------
     def _referenced(self) -> set[str]:
-        m = self.manifest
-        names = {MANIFEST}
-        for s in m["shards"]:
-            names.update([s["embeddings"], s["metadata"]])
-        for key in ("deleted", "errors"):
-            if m.get(key):
-                names.add(m[key])
-        if (m.get("index") or {}).get("file"):
-            names.add(m["index"]["file"])
-            names.update(m["index"].get("files") or [])  # sharded indexes: parts or the .ivfdata file
-        names.update((m.get("tags") or {}).values())
-        return names
+        return referenced_files(self.manifest) | {MANIFEST}
 
     def _sweep(self) -> None:
         """Delete writer-owned files that no manifest names (left by a killed job or replaced long ago)."""
         keep = self._referenced() | set(self.manifest.get("retained") or [])
+        named = {SHARD_FILE.match(Path(s["embeddings"]).name).group(2) for s in self.manifest["shards"]}
+        next_shard = int(self.manifest.get("next_shard", len(self.manifest["shards"])))
         for p in list(self.path.glob("*")) + list(self.path.glob("shards/*")) + list(self.path.glob("tags/*")):
             rel = p.relative_to(self.path).as_posix()
-            if p.is_file() and rel not in keep and OWNED.match(rel):
+            if not p.is_file() or rel in keep or not OWNED.match(rel):
+                continue
+            shard = SHARD_FILE.match(p.name) if rel.startswith("shards/") else None
+            if shard and shard.group(2) not in named and int(shard.group(2)) < next_shard:
+                continue  # a committed shard the manifest no longer names: kept for `pixdex repair`
+            try:
                 p.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only or busy file stays; the next writer tries again
 
 
 def _check_new_store_dir(path: Path, model: ModelInfo | None) -> None:
@@ -612,6 +1028,8 @@ def new_manifest(model: ModelInfo) -> dict:
         "normalized": True,
         "shards": [],
         "next_id": 0,
+        "next_shard": 0,
+        "files": {},
         "generation": 0,
         "counts": {"rows": 0, "items": 0, "deleted": 0, "errors": 0},
         "index": {},
@@ -621,16 +1039,21 @@ def new_manifest(model: ModelInfo) -> dict:
     }
 
 
-def rows_to_table(rows: list[dict]) -> pa.Table:
-    """Metadata rows as a table with the base columns first and typed."""
-    table = pa.Table.from_pylist(rows)
+def rows_to_table(rows: list[dict], manifest: dict | None = None) -> pa.Table:
+    """Metadata rows as a table with the base columns first and typed (path_raw for names that are not
+    UTF-8; the model record in the file's metadata when `manifest` is given)."""
+    paths = [r["path"] for r in rows]
+    table = pa.Table.from_pylist([{**r, "path": ""} for r in rows])
     cols = [c for c in BASE_COLUMNS if c in table.column_names] + [
         c for c in table.column_names if c not in BASE_COLUMNS
     ]
-    table = table.select(cols)
+    table = _with_raw_paths(table.select(cols), paths)
     for name, typ in [*zip(BASE_COLUMNS, _BASE_TYPES), *zip(PHOTO_SCHEMA.names, PHOTO_SCHEMA.types)]:
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, table[name].cast(typ))
+    if manifest is not None:
+        record = json.dumps({"model": manifest["model"], "dim": manifest["dim"]}, sort_keys=True)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), MODEL_KEY: record.encode()})
     return table
 
 
@@ -640,4 +1063,3 @@ def _with_photo_columns(table: pa.Table) -> pa.Table:
         if f.name not in table.column_names:
             table = table.append_column(f.name, pa.array([None] * table.num_rows, f.type))
     return table
-

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from indexer.errors import PixdexError
+from indexer.errors import PixdexError, StoreDamaged
 from indexer.faiss_index import index_family, ivf_of, rescore_depth
 from indexer.remote_store import open_path
 from indexer.store import Store
@@ -116,7 +115,7 @@ class Searcher:
             if store.index_info.get("file"):
                 try:
                     index = store.load_index()
-                except (RuntimeError, OSError):
+                except (RuntimeError, OSError, StoreDamaged):
                     if store.index_path().exists() or attempt == 4:
                         raise
                     continue  # a newer commit replaced this index: read the manifest again
@@ -566,10 +565,11 @@ class Searcher:
         if s not in self._path_cache:
             info = self.store.manifest["shards"][s]
             try:
-                table = _read_columns(self.store.path / info["metadata"], ["id", "path"])
-            except FileNotFoundError:  # rewritten and swept by later writers: ids and paths are unchanged
-                info = Store.open(self.path).manifest["shards"][s]
-                table = _read_columns(self.store.path / info["metadata"], ["id", "path"])
+                table = self.store.read_shard_metadata(s, ["id", "path"])
+            except StoreDamaged:  # rewritten and swept by later writers: ids and paths are unchanged
+                fresh = Store.open(self.path)
+                info = fresh.manifest["shards"][s]
+                table = fresh.read_shard_metadata(s, ["id", "path"])
             col = table.column("path").combine_chunks()
             ids = table.column("id")
             first = info["first_id"]
@@ -633,12 +633,6 @@ def _rerank(hits: list[Hit]) -> list[Hit]:
     for r, h in enumerate(hits):
         h.rank = r + 1
     return hits
-
-
-def _read_columns(path: Path, columns: list[str]):
-    """Columns of one parquet file (ParquetFile, unlike read_table, does not import pandas: ~1 s)."""
-    with pq.ParquetFile(path) as f:
-        return f.read(columns=columns)
 
 
 def _offer_fast_text(encoder, why: str) -> None:
