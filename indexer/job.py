@@ -32,7 +32,7 @@ from indexer.prepare import DecodeSetup, prepared_stream
 from indexer.remote import local_path
 from indexer.remote_store import local_store
 from indexer.sources import check_sources, iter_sources
-from indexer.store import Store, StoreWriter
+from indexer.store import Store, StoreWriter, display_path
 
 
 @dataclass
@@ -258,7 +258,7 @@ def index_collection(
     engine="ray" decodes and embeds on a Ray cluster (`workers` embedding actors with `gpus_per_worker`
     GPUs each; a local cluster when no `ray_address`) and builds a sharded index's parts as Ray tasks.
     """
-    log = log or (lambda m: tqdm.write(m, file=sys.stderr))
+    log = log or (lambda m: tqdm.write(display_path(m), file=sys.stderr))  # file names that are not UTF-8
     specs = [str(sources)] if isinstance(sources, (str, os.PathLike)) else sources
     if not specs:
         raise PixdexError("no sources given")

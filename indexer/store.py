@@ -309,6 +309,13 @@ class Store:
             raise self.damaged(rel, "its content is not what the manifest recorded (swapped or overwritten)")
         self._probed.add(rel)
 
+    def check_probes(self) -> None:
+        """Sizes and probe hashes of every named file (a few reads per file): swapped or rewritten files
+        show before a writer builds on them or `info` calls the store healthy."""
+        self.check_sizes()
+        for rel in sorted(referenced_files(self.manifest)):
+            self.probe(rel)
+
     def verify(self, full: bool = True, progress=None) -> list[StoreDamaged]:
         """Every problem found: sizes, then each file read and checked (full: its sha256 against the record).
 
@@ -699,20 +706,14 @@ class StoreWriter:
         self.shard_rows = shard_rows
         if not is_store(self.path):
             _check_new_store_dir(self.path, model)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "shards").mkdir(exist_ok=True)
-            self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 - held open: the flock lives as long as it
-        except OSError as exc:
-            raise StoreWriteError(f"store {self.path} cannot be written: {exc.strerror or _first_line(exc)}",
-                                  exc.errno) from None
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise PixdexError(f"store {self.path} is being written by another process") from None
+        self._lock = lock_store(self.path)
         try:
             self._open_manifest(model)
+        except BaseException:
+            self._lock.close()
+            raise
+        try:
+            self.snapshot().check_probes()
         except BaseException:
             self._lock.close()
             raise
@@ -1001,6 +1002,23 @@ class StoreWriter:
                 p.unlink(missing_ok=True)
             except OSError:
                 pass  # a read-only or busy file stays; the next writer tries again
+
+
+def lock_store(path: Path):
+    """Create the store folder if needed and take its writer lock (an open file; closing it unlocks)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "shards").mkdir(exist_ok=True)
+        lock = open(path / ".lock", "a")  # noqa: SIM115 - held open: the flock lives as long as it
+    except OSError as exc:
+        raise StoreWriteError(f"store {path} cannot be written: {exc.strerror or _first_line(exc)}",
+                              exc.errno) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise PixdexError(f"store {path} is being written by another process") from None
+    return lock
 
 
 def _check_new_store_dir(path: Path, model: ModelInfo | None) -> None:
