@@ -6,8 +6,9 @@
 For each model a small shapes collection is indexed (which also writes the model's fast text export into a
 private cache, see indexer/text_onnx.py). Then, interleaved run by run so machine load hits both alike:
   - the whole-process wall-clock of the CLI text query with the fast path (default) and with the
-    transformers path (PIXDEX_FAST_TEXT=0), and their ratio; the two JSON outputs must rank alike;
-  - an `id:` query, an image query, `pixdex info`, `--help` and a bad argument (fast path settings);
+    transformers path (PIXDEX_FAST=0), and their ratio; the two JSON outputs must rank alike;
+  - the same for an image query (the vision tower's export);
+  - an `id:` query, `pixdex info`, `--help` and a bad argument;
   - the warm Searcher.search(text) latency on both paths (16-token query, in this process);
   - `pixdex serve`: seconds from start to the first answered /api/search, on both paths.
 Prints Markdown tables; --json writes the figures. Not a test: nothing here asserts.
@@ -38,7 +39,7 @@ TARGETS_S = {"shapes-clip": 0.5, "vit-b-32": 1.0, "vit-l-14": 1.5}
 
 def env(fast: bool, cache: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PIXDEX_CACHE": str(cache),
-            "PIXDEX_FAST_TEXT": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
+            "PIXDEX_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def timed(argv: list[str], environ: dict) -> tuple[float, subprocess.CompletedProcess]:
@@ -53,7 +54,7 @@ def ranking(stdout: str) -> list[int]:
 
 
 def prepare(name: str, work: Path, images: int, cache: Path) -> tuple[Path, str]:
-    """A store of `images` shapes images indexed with the model (its fast text export written too)."""
+    """A store of `images` shapes images indexed with the model (its ONNX exports written too)."""
     os.environ["PIXDEX_CACHE"] = str(cache)
     from indexer.job import index_collection
     from pixdex.demo.world import write_collection
@@ -81,7 +82,8 @@ def cold(store: Path, runs: int, cache: Path, image: Path) -> dict:
         "text fast": (["search", str(store), TEXT, "-k", "10", "--json"], True),
         "text transformers": (["search", str(store), TEXT, "-k", "10", "--json"], False),
         "id: query": (["search", str(store), "id:3", "-k", "10", "--json"], True),
-        "image query": (["search", str(store), "--image", str(image), "-k", "10", "--json"], True),
+        "image fast": (["search", str(store), "--image", str(image), "-k", "10", "--json"], True),
+        "image transformers": (["search", str(store), "--image", str(image), "-k", "10", "--json"], False),
         "info": (["info", str(store)], True),
         "--help": (["--help"], True),
         "bad argument": (["search", str(store), TEXT, "-k", "0"], True),
@@ -93,12 +95,13 @@ def cold(store: Path, runs: int, cache: Path, image: Path) -> dict:
         for label, (argv, fast) in cmds.items():
             seconds, out = timed(argv, env(fast, cache))
             times[label].append(seconds)
-            if label.startswith("text") and out.returncode == 0:
+            if label.startswith(("text", "image")) and out.returncode == 0:
                 rankings[label] = ranking(out.stdout)
             elif label != "bad argument" and out.returncode != 0:
                 failures.append(f"{label}: {out.stderr.strip()[-300:]}")
     res = {k: {"p50": float(np.median(v)), "p90": float(np.percentile(v, 90))} for k, v in times.items()}
-    res["same_ranking"] = rankings.get("text fast") == rankings.get("text transformers")
+    res["same_ranking"] = {kind: rankings.get(f"{kind} fast") == rankings.get(f"{kind} transformers")
+                           for kind in ("text", "image")}
     res["failures"] = failures  # a failed run still counts its time; listed so it is not missed
     return res
 
@@ -171,11 +174,14 @@ def main() -> None:
         fast, slow = r["text fast"]["p50"], r["text transformers"]["p50"]
         print(f"## {name}\n")
         print("| command | p50 s | p90 s |\n|---|---|---|")
-        for label in ("text fast", "text transformers", "id: query", "image query", "info", "--help",
-                      "bad argument"):
+        for label in ("text fast", "text transformers", "image fast", "image transformers", "id: query", "info",
+                      "--help", "bad argument"):
             print(f"| {label} | {r[label]['p50']:.2f} | {r[label]['p90']:.2f} |")
         print(f"\ncold text query: fast {fast:.2f} s vs transformers {slow:.2f} s = {slow / fast:.1f}x faster "
-              f"(target <= {TARGETS_S.get(name, float('nan'))} s); same ranking: {r['same_ranking']}")
+              f"(target <= {TARGETS_S.get(name, float('nan'))} s); same ranking: {r['same_ranking']['text']}")
+        ifast, islow = r["image fast"]["p50"], r["image transformers"]["p50"]
+        print(f"cold image query: fast {ifast:.2f} s vs transformers {islow:.2f} s = {islow / ifast:.1f}x faster "
+              f"(target <= 0.5 s); same ranking: {r['same_ranking']['image']}")
         print(f"warm Searcher.search(text) p50: fast {r['warm_ms']['fast']:.1f} ms, transformers "
               f"{r['warm_ms']['transformers']:.1f} ms ({r['warm_ms']['transformers'] / r['warm_ms']['fast']:.1f}x)")
         print(f"pixdex serve, start to first /api/search: fast {r['serve_s']['fast']:.2f} s, transformers "

@@ -316,7 +316,7 @@ def index_collection(
         writer.commit()
         summary.count = writer.snapshot().count
         summary.encoded = batcher.encoded
-    write_fast_text(encoder, log)
+    write_fast_exports(encoder, log)
     done = summary.indexed + summary.updated + summary.reused
     summary.seconds = round(time.perf_counter() - t0, 3)
     summary.images_per_second = round(done / enc_seconds, 2) if done and enc_seconds > 0 else 0.0
@@ -342,14 +342,12 @@ def check_index_params(batch_size: int, workers: int | None, shard_rows: int, ma
         Bound(int, 1).check(max_index_memory, "max_index_memory")
 
 
-def write_fast_text(encoder: Encoder, log: Callable[[str], None]) -> None:
-    """Leave the model's fast text export (indexer.text_export) for later queries; never fails the job."""
-    from indexer.text_export import ensure_text_export
+def write_fast_exports(encoder: Encoder, log: Callable[[str], None]) -> None:
+    """Leave the model's ONNX exports (indexer.onnx_export) so later queries skip torch; never fails the job."""
+    from indexer.onnx_export import ensure_exports
 
     try:
-        ok, why = ensure_text_export(encoder)
+        ensure_exports(encoder, log)
     except Exception as exc:  # noqa: BLE001 - the store is committed; queries fall back to transformers
-        ok, why = False, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    if not ok:
-        log(f"fast text path: {why}")
+        log(f"fast query exports: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
 

@@ -4,7 +4,7 @@ Two kinds cover the CLIP-style families. A `tokenizers` backend (CLIP, SigLIP2, 
 very tokenizer transformers runs, saved with the padding and truncation the encoder asks for, so it gives
 the same ids by construction. SigLIP's SentencePiece tokenizer is replayed step by step (lower-case,
 punctuation removed, whitespace collapsed, EOS appended, padded to max_length). Both are checked against
-transformers on probe texts when the export is written (indexer.text_export), never trusted blindly.
+transformers on probe texts when the export is written (indexer.onnx_export), never trusted blindly.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ import pyarrow as pa
 
 from indexer.errors import PixdexError, StoreDamaged
 from indexer.faiss_index import index_family, ivf_of, rescore_depth
+from indexer.image_onnx import load_image_encoder
+from indexer.onnx_cache import CANNOT
 from indexer.remote_store import open_path
 from indexer.store import Store
 from indexer.text_onnx import load_text_encoder
@@ -98,8 +100,8 @@ class Searcher:
         self.device = device
         self._model = model
         self._encoder = None
-        self._text_encoder = None  # None: not looked up yet; False: no fast path
-        self._fast_text_missing = ""
+        self._fast: dict[str, Any] = {}  # tower -> ONNX encoder or None (looked up on first use)
+        self._fast_missing: dict[str, str] = {}  # tower -> why it has no fast path (said once)
         self._open(store if isinstance(store, Store) else None)
         if model is not None:
             self.encoder  # noqa: B018 - load and check the model now, not at the first query
@@ -150,32 +152,63 @@ class Searcher:
             self._encoder = store_encoder(self.store, self._model, self.device)
         return self._encoder
 
+    def fast_encoder(self, tower: str):
+        """The ONNX query path (indexer.text_onnx / image_onnx, no torch) of the store's own model for
+        "text" or "image", or None: then that tower runs on transformers and a notice says why."""
+        if tower not in self._fast:
+            self._fast[tower] = None
+            if self._model is None:
+                load = load_text_encoder if tower == "text" else load_image_encoder
+                fast, why = load(str(self.store.model.get("fingerprint", "")))
+                if fast is not None and fast.dim == self.store.dim:
+                    self._fast[tower] = fast
+                else:
+                    self._fast_missing[tower] = why or "export has another dimension"
+        return self._fast[tower]
+
     @property
     def text_encoder(self):
-        """The fast text path (indexer.text_onnx: ONNX text tower, no torch) for the store's own model, or
-        None: then texts go through the transformers encoder, and a notice says why (once per process)."""
-        if self._text_encoder is None:
-            self._text_encoder = False
-            if self._model is None:
-                model = self.store.model
-                fast, why = load_text_encoder(str(model.get("fingerprint", "")))
-                if fast is not None and fast.dim == self.store.dim:
-                    self._text_encoder = fast
-                else:
-                    self._fast_text_missing = why or "export has another dimension"
-        return self._text_encoder or None
+        """The fast text path, or None (see fast_encoder)."""
+        return self.fast_encoder("text")
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Text query vectors: the fast path when the store's model has a checked export, else transformers."""
-        fast = self.text_encoder
+        fast = self.fast_encoder("text")
         if fast is not None and fast.can_encode(texts):
             return fast.encode_texts(texts)
         with _torch_threads(len(texts)):
             out = self.encoder.encode_texts(texts)
-        if fast is None and self._fast_text_missing:
-            why, self._fast_text_missing = self._fast_text_missing, ""
-            _offer_fast_text(self.encoder, why)
+        self._notice("text")
         return out
+
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        """Image query vectors: the fast path when the store's model has a checked export, else transformers."""
+        fast = self.fast_encoder("image")
+        if fast is not None:
+            return fast.encode_images(images)
+        with _torch_threads(len(images)):
+            out = self.encoder.encode_images(images)
+        self._notice("image")
+        return out
+
+    def _notice(self, tower: str) -> None:
+        """Once per searcher: one line on why a tower ran on transformers; a missing text export is written
+        now (seconds) so the next process starts fast; image exports are left to `pixdex index` (minutes)."""
+        why = self._fast_missing.pop(tower, "")
+        if not why:
+            return
+        log = logging.getLogger("pixdex.search")
+        if tower == "image" or CANNOT in why or "PIXDEX_FAST" in why or "not installed" in why:
+            hint = "; `pixdex index` writes it" if tower == "image" and "no fast" in why else ""
+            log.warning("pixdex: %s queries ran on transformers: %s%s", tower, why, hint)
+            return
+        from indexer.onnx_export import ensure_export
+
+        log.warning("pixdex: text queries ran on transformers (%s); writing the text export for next time", why)
+        try:
+            ensure_export(self.encoder, "text")
+        except Exception as exc:  # noqa: BLE001 - the query has its answer; the export is only an offer
+            log.warning("pixdex: could not write the fast text export: %s", str(exc).splitlines()[0][:200])
 
     # ---- public queries ---------------------------------------------------------------------
     def search(self, queries: Any, k: int | None = 10, threshold: float | None = None, where: str | None = None,
@@ -287,10 +320,7 @@ class Searcher:
                     ids.setdefault(ident, len(ids))
         dim = self.store.dim
         text_emb = self.encode_texts(list(texts)) if texts else None
-        image_emb = None
-        if image_list:
-            with _torch_threads(len(image_list)):
-                image_emb = self.encoder.encode_images(image_list)
+        image_emb = self.encode_images(image_list) if image_list else None
         id_emb = _normalise(self.store.vectors(np.array(list(ids), np.int64))) if ids else None
         out = np.zeros((len(queries), dim), np.float32)
         for row, q in enumerate(queries):
@@ -633,22 +663,6 @@ def _rerank(hits: list[Hit]) -> list[Hit]:
     for r, h in enumerate(hits):
         h.rank = r + 1
     return hits
-
-
-def _offer_fast_text(encoder, why: str) -> None:
-    """After a transformers text query: say (one line) why the fast path was not used, and write the
-    model's export when none was ever tried, so the next process starts fast."""
-    log = logging.getLogger("pixdex.search")
-    if "cannot use the fast text path" in why or "PIXDEX_FAST_TEXT" in why or "not installed" in why:
-        log.warning("pixdex: texts encoded with transformers: %s", why)
-        return
-    from indexer.text_export import ensure_text_export
-
-    log.warning("pixdex: texts encoded with transformers (%s); writing the fast text export for next time", why)
-    try:
-        ensure_text_export(encoder)
-    except Exception as exc:  # noqa: BLE001 - the query has its answer; the export is only an offer
-        log.warning("pixdex: could not write the fast text export: %s", str(exc).splitlines()[0][:200])
 
 
 _THREADS_LOCK = threading.Lock()

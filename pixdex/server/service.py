@@ -40,6 +40,7 @@ class StoreService:
         fast = self.searcher.text_encoder if model is None else None
         if fast is not None:
             fast.encode_texts(["warm up"])  # text queries run on the fast path: ready now, no torch import
+            self.searcher.fast_encoder("image")  # image queries too, when the model has an image export
         else:
             self.searcher.encoder  # noqa: B018 - load the model now, not on the first request
 

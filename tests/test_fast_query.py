@@ -1,4 +1,5 @@
-"""The fast text path (indexer.text_onnx): same query embeddings as transformers, checked cache, fallback."""
+"""The ONNX query path (indexer.onnx_cache, text_onnx, image_onnx): same query embeddings as transformers,
+checked cache, fallback with a notice."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ pytest.importorskip("onnxruntime")
 from models import save_random_clip, save_random_siglip, save_random_siglip2  # noqa: E402
 
 from indexer.encoder import Encoder  # noqa: E402
-from indexer.text_export import ensure_text_export  # noqa: E402
-from indexer.text_onnx import _LOADED, check_export, export_dir, load_text_encoder  # noqa: E402
+from indexer.image_onnx import _LOADED as _LOADED_IMAGES  # noqa: E402
+from indexer.image_onnx import load_image_encoder  # noqa: E402
+from indexer.onnx_cache import check_export, export_dir  # noqa: E402
+from indexer.onnx_export import ensure_export, probe_images  # noqa: E402
+from indexer.text_onnx import _LOADED, load_text_encoder  # noqa: E402
 from search.searcher import Searcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +55,7 @@ def fresh(fingerprint: str):
 @pytest.mark.parametrize("family", ["clip", "shapes-clip", "siglip", "siglip2"])
 def test_fast_path_matches_transformers(family_models, family):
     enc = Encoder(family_models[family], device="cpu")
-    ok, why = ensure_text_export(enc)
+    ok, why = ensure_export(enc, "text")
     assert ok, why
     fast, why = fresh(enc.fingerprint)
     assert fast is not None, why
@@ -69,6 +73,23 @@ def test_fast_path_matches_transformers(family_models, family):
         assert fast.tokenizer([TEXTS[5]])["input_ids"].shape == (1, limit)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["clip", "shapes-clip", "siglip", "siglip2"])
+def test_image_path_matches_transformers_or_is_refused(family_models, family):
+    """Images resized and cropped with PIL (indexer.pixels) through the ONNX vision tower equal the model's own
+    processor + transformers; SigLIP2's NaFlex patches are not replayed, so its images keep transformers."""
+    enc = Encoder(family_models[family], device="cpu")
+    ok, why = ensure_export(enc, "image")
+    _LOADED_IMAGES.pop(enc.fingerprint, None)
+    fast, _ = load_image_encoder(enc.fingerprint)
+    if family == "siglip2":
+        assert not ok and "cannot use the fast path for images" in why and fast is None
+        return
+    assert ok, why
+    images = probe_images()
+    assert cosines(fast.encode_images(images), enc.encode_images(images)).min() >= 0.9999
+
+
 def test_search_uses_the_export_and_ranks_identically(shapes_store):
     queries = ["a red circle", "a blue square", "a small green triangle on the left", "a yellow star"]
     fast = Searcher(shapes_store)
@@ -77,6 +98,16 @@ def test_search_uses_the_export_and_ranks_identically(shapes_store):
     for got, want in zip(fast.search(queries, k=20), slow.search(queries, k=20)):
         assert [h.id for h in got] == [h.id for h in want]
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+
+def test_image_queries_use_the_export_and_rank_identically(shapes_store):
+    images = sorted((shapes_store.parent / "images").glob("*.png"))[:3]
+    fast = Searcher(shapes_store)
+    slow = Searcher(shapes_store, model="shapes-clip")
+    assert fast.fast_encoder("image") is not None and slow.fast_encoder("image") is None
+    for got, want in zip(fast.search_image(images, k=15), slow.search_image(images, k=15)):
+        assert [h.id for h in got] == [h.id for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
 
 
 def test_a_text_query_imports_neither_torch_nor_transformers(shapes_store):
@@ -89,7 +120,7 @@ def test_a_text_query_imports_neither_torch_nor_transformers(shapes_store):
 
 
 def cli_json(store: Path, *args: str, fast: bool) -> tuple[list, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIXDEX_FAST_TEXT": "1" if fast else "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PIXDEX_FAST": "1" if fast else "0"}
     out = subprocess.run([sys.executable, "-m", "pixdex", "search", str(store), *args, "--json"], check=True,
                          capture_output=True, text=True, env=env, timeout=300)
     return json.loads(out.stdout), out.stderr
@@ -101,7 +132,7 @@ def test_cli_json_is_the_same_on_both_paths(shapes_store):
     fast, fast_err = cli_json(shapes_store, *args, fast=True)
     slow, slow_err = cli_json(shapes_store, *args, fast=False)
     assert fast_err == ""
-    assert "fast text path turned off" in slow_err and len(slow_err.strip().splitlines()) == 1
+    assert "fast path turned off" in slow_err and len(slow_err.strip().splitlines()) == 1
     assert [[set(h) for h in q] for q in fast] == [[{"rank", "id", "path", "score"}] * 7] * 3
     assert [[(h["rank"], h["id"], h["path"]) for h in q] for q in fast] == \
         [[(h["rank"], h["id"], h["path"]) for h in q] for q in slow]
@@ -114,12 +145,12 @@ def own_model(tmp_path) -> tuple[str, Encoder]:
     """A private model copy with its own export (tests below damage them)."""
     path = save_random_clip(tmp_path / "model", seed=21)
     enc = Encoder(str(path), device="cpu")
-    assert ensure_text_export(enc)[0]
+    assert ensure_export(enc, "text")[0]
     return str(path), enc
 
 
 def graph_file(enc: Encoder) -> Path:
-    folder = export_dir(enc.fingerprint)
+    folder = export_dir(enc.fingerprint, "text")
     return folder / json.loads((folder / "export.json").read_text())["graph"]["file"]
 
 
@@ -128,9 +159,9 @@ def test_truncated_export_is_detected_and_rebuilt(own_model):
     graph = graph_file(enc)
     with open(graph, "r+b") as fh:
         fh.truncate(graph.stat().st_size // 2)
-    assert "truncated" in check_export(enc.fingerprint).reason
+    assert "truncated" in check_export(enc.fingerprint, "text").reason
     assert fresh(enc.fingerprint)[0] is None
-    assert ensure_text_export(enc)[0]
+    assert ensure_export(enc, "text")[0]
     fast, _ = fresh(enc.fingerprint)
     assert cosines(fast.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() >= 0.9999
 
@@ -139,22 +170,22 @@ def test_writer_killed_mid_write_leaves_nothing_usable(own_model):
     """A kill before the sidecar is renamed into place: a partial graph under its final name and no sidecar,
     or the old sidecar next to a graph that is not the one it describes. Neither is used."""
     _, enc = own_model
-    folder, graph = export_dir(enc.fingerprint), graph_file(enc)
+    folder, graph = export_dir(enc.fingerprint, "text"), graph_file(enc)
     data = graph.read_bytes()
     graph.write_bytes(data[: len(data) // 3])  # same name, partial content, new mtime
     assert fresh(enc.fingerprint)[0] is None
     (folder / "export.json").unlink()
     (folder / ".tmp-999-1").mkdir()
     (folder / ".tmp-999-1" / "text.onnx").write_bytes(data[:1000])
-    assert "no fast text export" in check_export(enc.fingerprint).reason
-    assert ensure_text_export(enc)[0] and fresh(enc.fingerprint)[0] is not None
+    assert "no fast text export" in check_export(enc.fingerprint, "text").reason
+    assert ensure_export(enc, "text")[0] and fresh(enc.fingerprint)[0] is not None
 
 
 def test_changed_model_files_make_the_export_stale(own_model):
     path, enc = own_model
     config = Path(path) / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "note": "retrained"}))
-    assert "model file changed" in check_export(enc.fingerprint).reason
+    assert "model file changed" in check_export(enc.fingerprint, "text").reason
     assert fresh(enc.fingerprint)[0] is None
 
 
@@ -180,7 +211,7 @@ def test_store_with_an_unexportable_model_falls_back_with_a_notice(tmp_path, sha
     with caplog.at_level(logging.WARNING, logger="pixdex.search"):
         hits = s.search("a red circle", k=5)
     notices = [r.getMessage() for r in caplog.records if r.name == "pixdex.search"]
-    assert len(notices) == 1 and "cannot use the fast text path" in notices[0]
+    assert len(notices) == 1 and "cannot use the fast path for texts" in notices[0]
     want = Searcher(store, model=str(model)).search("a red circle", k=5)
     assert [h.id for h in hits] == [h.id for h in want]
 
@@ -194,7 +225,7 @@ def test_a_query_process_writes_the_missing_export(shapes_store, tmp_path, monke
     _LOADED.pop(fingerprint, None)
     with caplog.at_level(logging.WARNING, logger="pixdex.search"):
         slow = s.search("a red circle", k=5)
-    assert any("writing the fast text export" in r.getMessage() for r in caplog.records)
+    assert any("writing the text export" in r.getMessage() for r in caplog.records)
     fast, why = fresh(fingerprint)
     assert fast is not None, why
     again = Searcher(shapes_store).search("a red circle", k=5)
@@ -205,7 +236,7 @@ def test_a_query_process_writes_the_missing_export(shapes_store, tmp_path, monke
 @pytest.mark.slow
 def test_siglip_texts_with_literal_special_tokens_take_the_transformers_path(family_models):
     enc = Encoder(family_models["siglip"], device="cpu")
-    assert ensure_text_export(enc)[0]
+    assert ensure_export(enc, "text")[0]
     fast, _ = fresh(enc.fingerprint)
     assert fast.can_encode(["a red circle"]) and not fast.can_encode(["a red </s> circle"])
 
@@ -218,15 +249,19 @@ def test_cache_folder_is_not_a_store_file(shapes_store):
     assert not any(p.suffix == ".onnx" for p in shapes_store.rglob("*"))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["info", "{store}"], ["search", "{store}", "a red circle", "-k", "0"],
-                                  ["search", "{store}", "id:3", "--json"]])
-def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv):
-    """--help, info, a refused option and an id: query answer without torch, transformers or onnxruntime."""
-    argv = [a.format(store=shapes_store) for a in argv]
+@pytest.mark.parametrize("argv,allowed", [
+    (["--help"], []), (["info", "{store}"], []), (["search", "{store}", "a red circle", "-k", "0"], []),
+    (["search", "{store}", "id:3", "--json"], []), (["search", "{store}", "--image", "{image}"], ["onnxruntime"]),
+])
+def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv, allowed):
+    """--help, info, a refused option and an id: query answer without torch, transformers or onnxruntime;
+    an image query with onnxruntime only."""
+    image = min((shapes_store.parent / "images").glob("*.png"))
+    argv = [a.format(store=shapes_store, image=image) for a in argv]
     code = ("import contextlib, io, json, sys; from pixdex.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert json.loads(out.stdout) == []
+    assert json.loads(out.stdout) == allowed
