@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -358,3 +359,13 @@ def test_bad_ids_are_one_line_errors(store, call, bad):
     assert "\n" not in str(exc.value) and "id" in str(exc.value)
     if bad == [10**30]:
         assert str(10**30) in str(exc.value)
+
+
+def test_thumbnails_of_a_store_that_cannot_be_written_are_served_uncached(store, tmp_path):
+    from pixdex.server.files import thumbnail
+
+    item = Store.open(store).item(2)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go: nothing can be created under it")
+    data = thumbnail(item, blocked / "thumbs", 64, 10_000_000)
+    assert data[:2] == b"\xff\xd8" and Image.open(io.BytesIO(data)).size[0] <= 64

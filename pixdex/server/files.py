@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -33,8 +34,8 @@ def verified_bytes(item: dict) -> bytes:
 
 
 def thumbnail(item: dict, cache_dir: Path, edge: int, max_pixels: int) -> bytes:
-    """A JPEG thumbnail (cached on disk in the store, keyed by content hash)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """A JPEG thumbnail (cached on disk in the store, keyed by content hash; not cached when the
+    store is read-only or its disk is full)."""
     cached = cache_dir / f"{item['sha256']}-{edge}.jpg"
     if cached.is_file():
         return cached.read_bytes()
@@ -48,8 +49,13 @@ def thumbnail(item: dict, cache_dir: Path, edge: int, max_pixels: int) -> bytes:
     img.save(buf, "JPEG", quality=85)
     out = buf.getvalue()
     tmp = cached.with_name(f".tmp-{uuid.uuid4().hex}-{cached.name}")  # unique per thread
-    tmp.write_bytes(out)
-    os.replace(tmp, cached)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(out)
+        os.replace(tmp, cached)
+    except OSError:  # a read-only store or a full disk: served, not cached
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return out
 
 
