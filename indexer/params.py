@@ -119,6 +119,8 @@ COUNT = Bound(int, 1, 1_000_000)  # generated images
 SEED = Bound(int, 0, 2**63 - 1)
 PORT = Bound(int, 0, 65_535, "0 = any free port")
 LIMIT = Bound(int, 1, None)  # a server bound such as max-k or max-labels
+DUP_THRESHOLD = Bound(float, 0, 1, above=True)  # cosine above which two stored images are duplicate candidates
+PIXEL_TOLERANCE = Bound(float, 0, 255)  # the duplicate pixel check's largest cell difference
 
 
 def check_device(device: str, name: str = "device") -> str:

@@ -463,7 +463,7 @@ class Searcher:
             depth *= 2
         return depth
 
-    def _search_params(self, scope: Scope, depth: int, boost: float):
+    def _search_params(self, scope: Scope, depth: int, boost: float, probes: int | None = None):
         """FAISS search parameters: the manifest's nprobe/efSearch, widened for filters and deepening.
 
         A filter keeping a fraction f of the items widens the search by 1/f, so about as many eligible
@@ -478,13 +478,13 @@ class Searcher:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=min(ef, MAX_EF))
         if kind in ("ivf", "ivfpq"):
             nlist = int(self.store.index_info.get("nlist") or ivf_of(self._index).nlist)
-            nprobe = min(nlist, math.ceil(int(self._params.get("nprobe", 1)) * widen))
+            nprobe = min(nlist, probes or math.ceil(int(self._params.get("nprobe", 1)) * widen))
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return faiss.SearchParameters(sel=selector) if selector is not None else None
 
-    def _knn(self, Q: np.ndarray, depth: int, scope: Scope, boost: int) -> list[np.ndarray]:
+    def _knn(self, Q: np.ndarray, depth: int, scope: Scope, boost: int, probes: int | None = None) -> list[np.ndarray]:
         """Candidate ids per query from the index (plus exact candidates among not-yet-indexed ids)."""
-        params = self._search_params(scope, depth, boost)
+        params = self._search_params(scope, depth, boost, probes)
         with _faiss_threads(len(Q)):
             _, labels = self._index.search(Q, depth, params=params)
         cands = [row[row >= 0] for row in labels]
@@ -492,6 +492,42 @@ class Searcher:
             extra = self._exact(Q, min(depth, len(scope.tail)), scope.tail)
             cands = [np.concatenate([a, b]) for a, b in zip(cands, extra)]
         return cands
+
+    def neighbour_candidates(self, Q: np.ndarray, depth: int, probes: int | None = None
+                             ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Approximate top-`depth` neighbours of each query row over every live item, for bulk tools (the
+        duplicate finder) that rescore only the few pairs that matter: (ids [nq, m], scores [nq, m], slack).
+
+        ids are -1 where there are fewer; scores are the index's (exact for flat, IVF-Flat and HNSW; PQ ones
+        may be off by up to `slack`). probes: IVF lists to visit instead of the tuned nprobe.
+        """
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        scope = self.scope()
+        depth = max(1, min(depth, scope.n))
+        if scope.n == 0:
+            return np.full((len(Q), 1), -1, np.int64), np.full((len(Q), 1), -np.inf, np.float32), 0.0
+        if scope.exact:
+            ids, scores = self._exact_scored(Q, depth, scope.ids)
+            return ids, scores, 1e-4
+        params = self._search_params(scope, depth, 1, probes)
+        with _faiss_threads(len(Q)):
+            scores, ids = self._index.search(Q, depth, params=params)
+        if scope.tail is not None:
+            t_ids, t_scores = self._exact_scored(Q, min(depth, len(scope.tail)), scope.tail)
+            ids, scores = np.hstack([ids, t_ids]), np.hstack([scores, t_scores])
+        return ids, scores, RANGE_SLACK.get(self.index_type, 1e-3)
+
+    def _exact_scored(self, Q: np.ndarray, depth: int, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-`depth` (ids, scores) per query over the given ids (or all live items), -1 padded."""
+        best_ids = np.full((len(Q), depth), -1, np.int64)
+        best = np.full((len(Q), depth), -np.inf, np.float32)
+        for block_ids, vecs in self._blocks(ids):
+            s = np.hstack([best, Q @ vecs.T])
+            b = np.hstack([best_ids, np.broadcast_to(block_ids, (len(Q), len(block_ids)))])
+            top = np.argpartition(-s, depth - 1, axis=1)[:, :depth] if s.shape[1] > depth else np.arange(s.shape[1])[None]
+            best = np.take_along_axis(s, top, axis=1) if s.shape[1] > depth else s
+            best_ids = np.take_along_axis(b, top, axis=1) if s.shape[1] > depth else b
+        return best_ids, best
 
     def _range_candidates(self, Q: np.ndarray, threshold: float, scope: Scope) -> list[np.ndarray]:
         """Candidate ids per query scoring about >= threshold (FAISS range search or deepening)."""

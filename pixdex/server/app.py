@@ -37,6 +37,7 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
     limits = limits or Limits()
     service = StoreService(store, model=model, device=device, limits=limits)
     lock = threading.Lock()
+    dup_lock = threading.Lock()
     app = FastAPI(title="pixdex", version=service.version,
                   description="Search and tag an image store. Responses use the CLI's --json records.")
     app.state.service = service
@@ -102,6 +103,11 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
         with lock:
             return service.classify_ids(body.get("ids"), body.get("labels"), body.get("template"),
                                         body.get("top_k"))
+
+    @app.get("/api/duplicates")
+    def duplicates(threshold: float | None = None, tolerance: float | None = None, limit: int | None = None) -> dict:
+        with dup_lock:  # one computation at a time; later calls get the cached groups
+            return service.duplicates(threshold, tolerance, limit)
 
     @app.get("/api/items/{item_id}")
     def item(item_id: ItemId) -> dict:

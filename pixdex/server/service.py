@@ -35,6 +35,7 @@ class StoreService:
     def __init__(self, store: str | Path, model: str | None = None, device: str = "auto",
                  limits: Limits | None = None):
         self.limits = limits or Limits()
+        self._duplicates: dict = {}  # (generation, threshold, tolerance) -> report
         self.searcher = Searcher(store, model=model, device=device)
         self.store = self.searcher.store
         fast = self.searcher.text_encoder if model is None else None
@@ -135,6 +136,27 @@ class StoreService:
         from pixdex.server.tagging import score_image
 
         return {"labels": score_image(self, image, self.check_labels(labels), template)}
+
+    # ---- duplicates -------------------------------------------------------------------------
+    def duplicates(self, threshold=None, tolerance=None, limit=None) -> dict:
+        """Duplicate groups (search.duplicates), computed once per store state and settings, at most `limit`."""
+        from indexer.params import DUP_THRESHOLD, PIXEL_TOLERANCE
+        from search.duplicates import DEFAULT_THRESHOLD, find_duplicates
+        from search.lookalike import DEFAULT_TOLERANCE
+
+        threshold = DUP_THRESHOLD.check(DEFAULT_THRESHOLD if threshold is None else threshold, "threshold")
+        tolerance = PIXEL_TOLERANCE.check(DEFAULT_TOLERANCE if tolerance is None else tolerance, "tolerance")
+        limit = self.limits.max_k if limit is None else limit
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= self.limits.max_k:
+            raise Invalid(f"limit must be an integer from 1 to {self.limits.max_k}, got {limit!r}")
+        key = (self.store.manifest["generation"], threshold, tolerance)
+        cache = self._duplicates
+        if key not in cache:
+            cache.clear()
+            cache[key] = find_duplicates(self.searcher, threshold=threshold, tolerance=tolerance).to_dict()
+        report = dict(cache[key])
+        report["groups"] = report["groups"][:limit]
+        return report
 
     # ---- items ------------------------------------------------------------------------------
     def item(self, item_id) -> dict:

@@ -161,6 +161,50 @@ async function loadInfo() {
   } catch (e) { setStatus(e.message, true); }
 }
 
+// Duplicate groups side by side: the keeper first, then its copies.
+function dupFigure(item, keeper) {
+  const fig = document.createElement("figure");
+  fig.className = keeper ? "keeper" : "copy";
+  fig.dataset.id = item.id;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.src = `/api/items/${item.id}/thumbnail`;
+  img.alt = item.path.split("/").pop();
+  const cap = document.createElement("figcaption");
+  const when = item.taken ? ` · ${shortDate(item.taken)}` : "";
+  cap.textContent = `${keeper ? "keep · " : ""}${item.path.split("/").pop()} · ${item.width}x${item.height}${when}`;
+  fig.append(img, cap);
+  fig.addEventListener("click", () => showDetails(item.id));
+  return fig;
+}
+
+async function showDuplicates() {
+  const view = $("dup-view");
+  view.hidden = false;
+  $("dup-status").textContent = "looking for duplicates…";
+  $("dup-groups").innerHTML = "";
+  try {
+    const rep = await api("/api/duplicates");
+    rep.groups.forEach((g, n) => {
+      const box = document.createElement("section");
+      box.className = "dup-group";
+      const h = document.createElement("h3");
+      h.textContent = `group ${n + 1}: ${g.size} ${g.kind === "exact" ? "exact copies" : "near-duplicates"}`;
+      const row = document.createElement("div");
+      row.className = "dup-row";
+      row.append(dupFigure(g.keeper, true), ...g.others.map((o) => dupFigure(o, false)));
+      box.append(h, row);
+      $("dup-groups").append(box);
+    });
+    $("dup-status").textContent = `${rep.groups.length} groups, ${rep.duplicates} duplicates among ${rep.items} images` +
+      ` (${rep.rejected} look-alikes rejected by the pixel check)`;
+  } catch (e) { $("dup-status").textContent = e.message; }
+}
+
+$("dup-btn").addEventListener("click", () => {
+  if ($("dup-view").hidden) showDuplicates(); else $("dup-view").hidden = true;
+});
+
 $("search-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const q = $("q").value.trim();
