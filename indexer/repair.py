@@ -54,6 +54,7 @@ class RepairReport:
     dropped_rows: int = 0  # rows whose shard could not be rebuilt (their files are embedded again by `index`)
     reembedded: int = 0
     count: int = 0
+    moved: list[str] = field(default_factory=list)  # damaged files moved to damaged/ once the manifest is written
 
     def line(self) -> str:
         if not self.problems and not self.actions:
@@ -104,6 +105,8 @@ def repair_store(store: str | os.PathLike, model=None, device: str = "auto", pro
         manifest = _rebuild(path, old, model, device, progress, report, log)
         save_json(path / MANIFEST, manifest)
         report.actions.append(f"wrote a new manifest (generation {manifest['generation']})")
+        for rel in report.moved:  # only now: until the new manifest is written the old one may name them
+            _quarantine(path, rel, report)
     finally:
         if lock is not None:
             lock.close()
@@ -168,7 +171,7 @@ def _rebuild(path: Path, old: dict | None, model, device: str, progress: bool, r
             report.actions.append(f"re-embedded {sh.rows - len(lost)} of {sh.rows} rows of {sh.embeddings or 'a lost'}"
                                   f" shard into {emb_rel}" + (f"; {len(lost)} rows whose file is gone or changed"
                                                               f" marked removed" if lost else ""))
-            _quarantine(path, sh.embeddings, report)
+            _set_aside(sh.embeddings, report)
             sh.embeddings = emb_rel
         kept.append({"embeddings": sh.embeddings, "metadata": sh.metadata, "first_id": sh.first_id,
                      "rows": sh.rows, "dtype": "float16", "dim": dim})
@@ -178,8 +181,8 @@ def _rebuild(path: Path, old: dict | None, model, device: str, progress: bool, r
             report.actions.append(f"dropped shard {sh.number:06d} ({what}): its metadata is lost; "
                                   f"`pixdex index` embeds those files again")
             report.dropped_rows += sh.rows
-            _quarantine(path, sh.embeddings, report)
-            _quarantine(path, sh.metadata, report)
+            for rel in [sh.embeddings, *sh._candidates]:  # type: ignore[attr-defined]
+                _set_aside(rel, report)
     ends = [s["first_id"] + s["rows"] for s in kept]
     next_id = max([*ends, int(old.get("next_id", 0) or 0) if isinstance(old.get("next_id"), int) else 0])
     gaps, end = [], 0
@@ -377,7 +380,8 @@ def _reembed(path: Path, sh: _Shard, model_rec: dict, dim: int, model, device: s
 def _deleted_ids(path: Path, old: dict, report: RepairReport) -> list[int]:
     """Removed ids: the manifest's list if readable, else the newest readable one on disk."""
     names = [old["deleted"]] if isinstance(old.get("deleted"), str) else []
-    names += [p.name for p in sorted(path.glob("deleted-*.npy"), reverse=True) if p.name not in names]
+    if not old or names:  # the manifest is lost, or its list is: the newest one on disk
+        names += [p.name for p in sorted(path.glob("deleted-*.npy"), reverse=True) if p.name not in names]
     for rel in names:
         try:
             ids = np.load(path / rel)
@@ -404,7 +408,7 @@ def _error_table(path: Path, old: dict, report: RepairReport) -> tuple[str | Non
         except Exception:  # noqa: BLE001
             _problem(report, path / rel, "unreadable error table")
             report.actions.append("dropped the error table: the next `pixdex index` records failing files again")
-            _quarantine(path, rel, report)
+            _set_aside(rel, report)
     return None, 0
 
 
@@ -428,7 +432,7 @@ def _tag_sets(path: Path, old: dict, report: RepairReport) -> dict[str, str]:
         except Exception:  # noqa: BLE001
             _problem(report, path / rel, "unreadable tag set")
             report.actions.append(f"dropped tag set {name!r}: run `pixdex classify ... --save-as {name}` again")
-            _quarantine(path, rel, report)
+            _set_aside(rel, report)
     return out
 
 
@@ -440,9 +444,14 @@ def _max_generation(path: Path) -> int:
     return max(gens)
 
 
-def _quarantine(path: Path, rel: str | None, report: RepairReport) -> None:
+def _set_aside(rel: str | None, report: RepairReport) -> None:
+    if rel and rel not in report.moved:
+        report.moved.append(rel)
+
+
+def _quarantine(path: Path, rel: str, report: RepairReport) -> None:
     """Move a damaged file to damaged/ (kept for inspection, out of the store's way)."""
-    if not rel or not (path / rel).is_file():
+    if not (path / rel).is_file():
         return
     target = path / "damaged" / rel
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -216,6 +216,7 @@ DAMAGE = {
     "manifest-empty": (lambda s: (s / "manifest.json").write_bytes(b"") or s / "manifest.json"),
     "embeddings-truncated": (lambda s: _truncate(shard_file(s, 1)) or shard_file(s, 1)),
     "embeddings-swapped": _swap,
+    "embeddings-garbage": (lambda s: _garble(shard_file(s, 1)) or shard_file(s, 1)),
     "embeddings-missing": (lambda s: shard_file(s, 2).unlink() or shard_file(s, 2)),
     "metadata-garbage": (lambda s: _garble(shard_file(s, 1, "metadata")) or shard_file(s, 1, "metadata")),
     "metadata-missing": (lambda s: shard_file(s, 0, "metadata").unlink() or shard_file(s, 0, "metadata")),
@@ -261,6 +262,8 @@ def test_damage_is_a_one_line_error_naming_the_file_and_repair_rebuilds(store, p
         _same_rows(after, baseline)
     if damage.startswith("embeddings"):
         assert report["reembedded"] == 8 if damage == "embeddings-swapped" else report["reembedded"] == 4
+    if damage in ("embeddings-truncated", "embeddings-garbage", "metadata-garbage"):
+        assert (store / "damaged" / "shards" / name).is_file()  # set aside, not deleted
     tags = Store.open(store).tag_sets()
     assert tags == ([] if damage == "tags-garbage" else ["parity"])
     live = int(Store.open(store).ids()[-1])
