@@ -28,7 +28,7 @@ from indexer.faiss_index import index_family, ivf_of, rescore_depth
 from indexer.image_onnx import load_image_encoder
 from indexer.onnx_cache import CANNOT
 from indexer.remote_store import open_path
-from indexer.store import Store
+from indexer.store import Store, id_array
 from indexer.text_onnx import load_text_encoder
 from search.filters import parse_filter, path_mask
 from search.ordering import Order, check_columns, column_values, order_hits, parse_sort
@@ -382,7 +382,7 @@ class Searcher:
                 keep &= flt.mask(meta)
             if path_glob or path_prefix:
                 keep &= path_mask(meta["path"], path_glob, path_prefix)
-            ids = np.sort(meta["id"].to_numpy()[keep])
+            ids = np.sort(id_array(meta["id"])[keep])
         n = store.count if ids is None else len(ids)
         if self._index is None:
             return Scope(n, ids, exact=True)

@@ -110,10 +110,10 @@ def test_image_queries_use_the_export_and_rank_identically(shapes_store):
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
 
 
-def test_a_text_query_imports_neither_torch_nor_transformers(shapes_store):
+def test_a_text_query_imports_neither_torch_nor_transformers_nor_pandas(shapes_store):
     code = ("import sys; from search import Searcher; s = Searcher(sys.argv[1]); "
             "assert s.search('a red circle', k=3) and s.text_encoder is not None; "
-            "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code, str(shapes_store)], check=True,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert json.loads(out.stdout) == []
@@ -254,14 +254,14 @@ def test_cache_folder_is_not_a_store_file(shapes_store):
     (["search", "{store}", "id:3", "--json"], []), (["search", "{store}", "--image", "{image}"], ["onnxruntime"]),
 ])
 def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv, allowed):
-    """--help, info, a refused option and an id: query answer without torch, transformers or onnxruntime;
-    an image query with onnxruntime only."""
+    """--help, info, a refused option and an id: query answer without torch, transformers, onnxruntime or
+    pandas (0.3-0.5 s each); an image query with onnxruntime only."""
     image = min((shapes_store.parent / "images").glob("*.png"))
     argv = [a.format(store=shapes_store, image=image) for a in argv]
     code = ("import contextlib, io, json, sys; from pixdex.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules)))")
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'pandas') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert json.loads(out.stdout) == allowed
