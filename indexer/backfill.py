@@ -37,6 +37,8 @@ def fill_photo_columns(writer: StoreWriter, snap: Store, scanned: dict[str, Sour
     for lo, hi in ranges:
         keep |= (ids >= lo) & (ids < hi)
     rows = meta.filter(pa.array(keep)).to_pylist() if keep.any() else []
+    for row in rows:  # file names that are not UTF-8: the name the OS takes
+        row["path"] = snap.real_path(row["path"])
     filled = warned = 0
     bar = tqdm(rows, unit="img", desc="photo metadata", disable=not progress or len(rows) < 100, file=sys.stderr,
                dynamic_ncols=True)

@@ -953,11 +953,11 @@ class StoreWriter:
 
     def _write_columns(self, gen: int) -> None:
         """Rewrite the metadata files of shards holding rows with new column values (embeddings untouched)."""
-        first = np.array([s["first_id"] for s in self.manifest["shards"]], np.int64)
+        snap = self.snapshot()
         ids = np.array(sorted(self._columns), np.int64)
-        for k in np.unique(np.searchsorted(first, ids, side="right") - 1):
+        for k in np.unique(np.searchsorted(snap._first_ids, ids, side="right") - 1):
             shard = self.manifest["shards"][int(k)]
-            table = pq.read_table(self.path / shard["metadata"])
+            table = snap.read_shard_metadata(int(k))
             updates = [self._columns.get(i, {}) for i in table["id"].to_pylist()]
             types = dict(zip(PHOTO_SCHEMA.names, PHOTO_SCHEMA.types))
             for name in sorted({c for u in updates for c in u}):
@@ -966,7 +966,9 @@ class StoreWriter:
                 col = pa.array([u.get(name, o) for u, o in zip(updates, old)], types.get(name))
                 table = (table.set_column(table.column_names.index(name), name, col) if there
                          else table.append_column(name, col))
-            rel = f"shards/meta-{int(k):06d}-g{gen:06d}.parquet"
+            number = SHARD_FILE.match(Path(shard["embeddings"]).name).group(2)
+            rel = f"shards/meta-{number}-g{gen:06d}.parquet"
+            rel = rel if rel == shard["metadata"] else self._fresh(rel)  # the same commit may rewrite it twice
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel
         self._columns = {}
