@@ -133,6 +133,8 @@ ENOUGH = ["--labels", "a,b"]
     (["shapes", "DIR", "--image-size", "100000"], "--image-size"),
     (["shapes", "DIR", "--two-object-prob", "2"], "--two-object-prob"),
     (["demo", "DIR", "--count", "-10"], "--count"),
+    (["duplicates", "STORE", "--threshold", "0"], "--threshold"),
+    (["duplicates", "STORE", "--tolerance", "300"], "--tolerance"),
 ])
 def test_every_numeric_option_is_checked_before_any_work(tmp_path, capsys, argv, option):
     argv = [str(tmp_path / a) if a.isupper() else a for a in argv]
@@ -225,7 +227,8 @@ def test_unavailable_or_unknown_device_is_one_line(tiny_store, capsys, device, n
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     for argv in (["search", tiny_store, "a circle"], ["classify", tiny_store, "--labels", "a,b"],
-                 ["classify-image", "x.png", "--labels", "a,b"], ["index", tiny_store, "-o", tiny_store]):
+                 ["classify-image", "x.png", "--labels", "a,b"], ["index", tiny_store, "-o", tiny_store],
+                 ["eval", tiny_store, "--truth", "x.csv"], ["repair", tiny_store], ["serve", tiny_store]):
         code, _, err = run(capsys, *argv, "--device", device)
         one_line_error(code, err, str(argv[0]), needle)
 
@@ -320,3 +323,22 @@ def test_an_uploaded_png_bomb_is_refused_naming_the_servers_own_option(tiny_stor
     assert resp.status_code == 400
     error = resp.json()["error"]
     assert "30000x30000 = 900 Mpx exceeds the limit of 40 Mpx (raise --max-image-pixels" in error
+
+
+def test_no_option_of_any_subcommand_takes_a_bare_int_float_or_device():
+    """Every numeric option has a rule from indexer.params, every --device is checked: a new option with
+    `type=int` would accept -1 again."""
+    import argparse
+
+    from indexer.params import device_arg
+    from pixdex.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    seen = 0
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.type not in (int, float), f"pixdex {name} {action.option_strings}: bare {action.type}"
+            if action.dest == "device":
+                assert action.type is device_arg, f"pixdex {name} --device is not checked"
+                seen += 1
+    assert seen >= 7

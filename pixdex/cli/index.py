@@ -13,6 +13,7 @@ from indexer.params import (
     MAX_PIXELS,
     SHARD_ROWS,
     WORKERS,
+    device_arg,
 )
 from pixdex.cli.common import add_model_args, print_json, size_arg
 
@@ -69,7 +70,7 @@ def register(sub) -> None:
     r.add_argument("--model", default=None,
                    help="model to re-embed with (default: the store's model; needed when the manifest and the "
                    "model record are both lost)")
-    r.add_argument("--device", default="auto", help="device for re-embedding (auto, cpu, cuda, mps)")
+    r.add_argument("--device", type=device_arg, default="auto", help="device for re-embedding (auto, cpu, cuda, mps)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the report as one JSON object")
     r.set_defaults(func=run_repair)
