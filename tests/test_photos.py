@@ -4,6 +4,7 @@ from the Python API, the CLI and the HTTP API; older stores gain the columns wit
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -164,15 +165,22 @@ def test_older_store_gains_the_columns_without_reencoding(tmp_path, album_store,
     emb_files = [s["embeddings"] for s in before.manifest["shards"]]
     ids, emb = before.embeddings()
 
-    summary = index_collection([str(album)], store, model=tiny_clip, progress=False, workers=0)
+    touched = album / "a.jpg"  # a touched file (same bytes, new mtime) is read, not re-encoded, in the same run
+    mtime = touched.stat().st_mtime
+    os.utime(touched, (mtime + 60, mtime + 60))
+    try:
+        summary = index_collection([str(album)], store, model=tiny_clip, progress=False, workers=0)
+    finally:
+        os.utime(touched, (mtime, mtime))
     assert summary.encoded == 0 and summary.indexed == 0 and summary.unchanged == 6
-    assert summary.photo_filled == 6 and summary.metadata_warnings == 1
+    assert summary.photo_filled == 5 and summary.metadata_warnings == 1
     after = Store.open(store)
     assert [s["embeddings"] for s in after.manifest["shards"]] == emb_files
     ids2, emb2 = after.embeddings()
     assert (ids2 == ids).all() and (emb2 == emb).all()
     meta = {Path(r["path"]).name: r for r in after.metadata().to_pylist()}
     assert meta["d.jpg"]["taken"] == datetime(2024, 6, 10, 23, 15) and meta["b.jpg"]["camera_model"] == "Pixel 7"
+    assert meta["a.jpg"]["camera_model"] == "Pixel 8" and meta["a.jpg"]["mtime"] == mtime + 60
     hits = Searcher(store).search("x", k=10, where="taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'")
     assert sorted(names(hits)) == ["a.jpg", "b.jpg", "d.jpg"]
     again = index_collection([str(album)], store, model=tiny_clip, progress=False, workers=0)
