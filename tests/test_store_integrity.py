@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import io
@@ -126,7 +127,7 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly_and_reruns_are_stable
 
 
 # ---- the manifest: recorded facts, lost entries ---------------------------------------------------
-def test_manifest_records_rows_dtype_and_checksums_of_every_file(store):
+def test_manifest_records_rows_dtype_and_checksums_of_every_file(store, capsys):
     m = manifest(store)
     named = {f for s in m["shards"] for f in (s["embeddings"], s["metadata"])} | set(m["tags"].values())
     named |= {m["index"]["file"]}
@@ -136,6 +137,9 @@ def test_manifest_records_rows_dtype_and_checksums_of_every_file(store):
         assert rec["bytes"] == len(data) and rec["sha256"] == hashlib.sha256(data).hexdigest()
     assert [(s["rows"], s["dtype"], s["dim"]) for s in m["shards"]] == [(4, "float16", m["dim"])] * 3
     assert m["next_shard"] == 3
+    rc, out, err = cli(capsys, "repair", store)
+    assert rc == 0 and "healthy: nothing to repair (12 items)" in out
+    assert manifest(store) == m  # a healthy store is not rewritten
 
 
 def test_a_lost_shard_entry_is_refused_never_overwritten_and_repaired(store, photos, tiny_clip, capsys):
@@ -291,6 +295,10 @@ def test_a_store_written_before_checksums_still_opens_and_gets_them_on_its_next_
     assert Store.open(store).count == 12 and len(Store.open(store).ids()) == 12
     rc, out, err = cli(capsys, "info", store, "--check")
     assert rc == 0 and "no checksums recorded yet" in out
+    old = copy.deepcopy(m)
+    rc, out, err = cli(capsys, "repair", store, "--json")
+    assert rc == 0 and json.loads(out)["actions"] == ["recorded checksums of 8 files"]
+    assert len(manifest(store)["files"]) == 8 and manifest(store)["shards"] == old["shards"]
     Image.new("RGB", (40, 40), (0, 0, 250)).save(photos / "more.png")
     run([photos], store, tiny_encoder, shard_rows=4)
     m = manifest(store)
