@@ -342,3 +342,24 @@ def test_no_option_of_any_subcommand_takes_a_bare_int_float_or_device():
                 assert action.type is device_arg, f"pixdex {name} --device is not checked"
                 seen += 1
     assert seen >= 7
+
+
+@pytest.mark.parametrize("value", [True, None, "3", 2.5, float("nan"), float("inf"), 10**400, -1, 0])
+def test_a_rule_refuses_every_kind_of_bad_value_with_a_short_message(value):
+    from indexer.params import BATCH_SIZE
+
+    with pytest.raises(PixdexError) as err:
+        BATCH_SIZE.check(value, "batch_size")
+    message = str(err.value)
+    assert message.startswith("batch_size must be a whole number from 1 to 65536, not ")
+    assert len(message) < 120 and "\n" not in message
+
+
+def test_a_rule_accepts_what_it_allows():
+    from indexer.params import BATCH_SIZE, COSINE, DEDUP, MAX_PIXELS
+
+    assert BATCH_SIZE.check(3.0, "b") == 3 and isinstance(BATCH_SIZE.check(np.int64(7), "b"), int)
+    assert MAX_PIXELS.check(0, "m") == 0 and COSINE.check(-1, "t") == -1.0
+    assert DEDUP.check(1, "d") == 1.0
+    with pytest.raises(PixdexError, match="above 0"):
+        DEDUP.check(0, "dedup")
