@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -270,8 +272,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def photo_meta_from_path(path: str) -> PhotoMeta:
-    """Photo metadata of an image file (reads its header only)."""
+    """Photo metadata of an image file (reads its header only; a FIFO or device is not opened: it could block)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return PhotoMeta(problems=["unreadable header (not a regular file)"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:

@@ -359,3 +359,20 @@ def test_read_file_refuses_fifos_and_devices_without_blocking(tmp_path):
     sniff.start()
     sniff.join(timeout=20)
     assert reasons.get("sniffed") is False  # content sniffing does not open a FIFO
+
+
+def test_photo_metadata_of_a_path_does_not_open_a_fifo(tmp_path):
+    """Older stores gain photo columns by reading each file's header: a file swapped for a FIFO must not hang it."""
+    import os
+    import threading
+
+    from indexer.exif import photo_meta_from_path
+
+    fifo = tmp_path / "was-a-photo.jpg"
+    os.mkfifo(fifo)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(photo_meta_from_path(str(fifo))), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "reading the header of a FIFO did not return"
+    assert got[0].problems == ["unreadable header (not a regular file)"] and got[0].taken is None
