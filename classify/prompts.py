@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from indexer.errors import PixdexError
+from indexer.errors import InvalidType, LimitExceeded, PixdexError
+from indexer.ids import describe
 
 if TYPE_CHECKING:  # both pull in torch; labels and templates are checked without it
     from classify.scoring import Scoring
@@ -107,16 +109,28 @@ ENSEMBLES: dict[str, tuple[str, ...]] = {"clip-imagenet-80": CLIP_IMAGENET_80}
 
 
 # ---- labels ---------------------------------------------------------------------------------------
-def check_labels(labels, allow_duplicates: bool = True) -> list[str]:
-    """The candidate labels as a list of strings; PixdexError for an empty list or a non-string label."""
+MAX_LABELS = 10_000  # more candidate labels than any real label set (ImageNet-21k's leaf classes fit)
+MAX_LABEL_CHARS = 1_000  # the text model reads ~77 tokens; longer is a mistake (and costs memory)
+
+
+def check_labels(labels, allow_duplicates: bool = True, max_labels: int | None = MAX_LABELS) -> list[str]:
+    """The candidate labels as a list of strings, or a one-line error: an empty list, a non-string label,
+    more than `max_labels` (LimitExceeded) or a label over MAX_LABEL_CHARS; without allow_duplicates
+    also a repeated or blank label. The CLI, the Python API and the HTTP API all validate here."""
     if isinstance(labels, str):  # like the text zero-shot pipeline: "a, b, c" means three labels
         labels = split_labels(labels)
+    if labels is not None and not isinstance(labels, (list, tuple)):
+        raise InvalidType(f"candidate labels must be a list of strings, got {type(labels).__name__}")
     if labels is None or len(labels) == 0:
         raise PixdexError("candidate_labels is empty: give at least one label")
+    if max_labels is not None and len(labels) > max_labels:
+        raise LimitExceeded(f"{len(labels):,} labels exceed the limit of {max_labels:,}")
     out = []
     for x in labels:
         if not isinstance(x, str):
-            raise PixdexError(f"candidate label {x!r} is not a string (got {type(x).__name__})")
+            raise InvalidType(f"candidate label {describe(x)} is not a string (got {type(x).__name__})")
+        if len(x) > MAX_LABEL_CHARS:
+            raise LimitExceeded(f"label {x[:40]!r}... has {len(x):,} characters (limit {MAX_LABEL_CHARS:,})")
         out.append(x)
     if not allow_duplicates:
         seen = set()
@@ -168,13 +182,18 @@ def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, float]]:
 def check_template(template: str) -> str:
     """A template must be a string with one `{}` where the label goes."""
     if not isinstance(template, str):
-        raise PixdexError(f"template {template!r} is not a string")
+        raise InvalidType(f"template {describe(template)} is not a string")
+    if len(template) > MAX_LABEL_CHARS:
+        raise LimitExceeded(f"template of {len(template):,} characters exceeds the limit of {MAX_LABEL_CHARS:,}")
     try:
-        filled = template.format("\0")
-    except (IndexError, KeyError, ValueError) as exc:
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template) if name is not None]
+    except ValueError as exc:
         raise PixdexError(f"template {template!r} is not a valid format string ({exc}); use {{}} for the label") from None
-    if "\0" not in filled:
+    if not fields:
         raise PixdexError(f"template {template!r} has no {{}} placeholder for the label")
+    if fields != [("", "", None)]:
+        raise PixdexError(f"template {template!r} is not a valid format for one label: use exactly one plain {{}} "
+                          "(no names, positions, conversions or format specs)")
     return template
 
 

@@ -150,14 +150,30 @@ class ShardPaths:
         return self._paths.take(pa.array(np.searchsorted(self._ids, ids)))
 
 
-def check_tag_name(name: str) -> str:
-    """A tag set name must be an identifier that does not shadow a metadata column."""
-    if not TAG_NAME.match(name or ""):
+def check_tag_name(name: str, columns: Iterable[str] = ()) -> str:
+    """A tag set name must be an identifier, not ending in _score, whose columns (NAME, NAME_score) shadow
+    no base column and none of `columns` (the store's others), compared case-insensitively like --where."""
+    if not isinstance(name, str) or not TAG_NAME.match(name):
         raise PixdexError(f"--save-as {name!r}: use letters, digits and _ (not starting with a digit), "
                           "so that search --where can name it")
-    if name in BASE_COLUMNS or name.endswith("_score") and name[: -len("_score")] in BASE_COLUMNS:
-        raise PixdexError(f"--save-as {name!r} would shadow the store's own column {name!r}")
+    if name.lower().endswith("_score"):
+        raise PixdexError(f"--save-as {name!r}: a tag set name may not end in _score (its scores go in NAME_score)")
+    taken = {c.lower(): c for c in [*BASE_COLUMNS, *columns]}
+    for new in (name, f"{name}_score"):
+        if new.lower() in taken:
+            raise PixdexError(f"--save-as {name!r} would shadow the store's column {taken[new.lower()]!r}")
     return name
+
+
+def store_columns(store: Store, replacing: str | None = None) -> list[str]:
+    """Every metadata column of the store except those of the tag set `replacing` (schemas only, no rows)."""
+    cols: set[str] = set()
+    for shard in store.manifest["shards"]:
+        cols.update(pq.read_schema(store.path / shard["metadata"]).names)
+    for tag_set, rel in (store.manifest.get("tags") or {}).items():
+        if tag_set != replacing:
+            cols.update(c for c in pq.read_schema(store.path / rel).names if c != "id")
+    return sorted(cols)
 
 
 # ---- the job --------------------------------------------------------------------------------------------
@@ -246,7 +262,7 @@ def tag_store(
     st = store if isinstance(store, Store) else Store.open(store)
     labels = check_labels(labels, allow_duplicates=False)
     if save_as is not None:
-        check_tag_name(save_as)
+        check_tag_name(save_as, store_columns(st, replacing=save_as))
     tpl = resolve_templates(template, templates, ensemble)
     thr = label_thresholds(labels, threshold, thresholds) if mode == "multi" else None
     sink = FileSink(out) if out is not None else None  # checks the path; writes nothing yet

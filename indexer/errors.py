@@ -39,3 +39,15 @@ class StoreWriteError(PixdexError, OSError):
     def __init__(self, message: str, errno: int | None = None):
         super().__init__(message)
         self.errno = errno
+
+
+class InvalidValue(PixdexError, ValueError):
+    """An argument of the right kind with a value that is not allowed (Python callers may catch ValueError)."""
+
+
+class InvalidType(PixdexError, TypeError):
+    """An argument of the wrong type (Python callers may catch TypeError)."""
+
+
+class LimitExceeded(InvalidValue):
+    """A request over a configured bound (too many labels, ids, characters); the server answers 413."""

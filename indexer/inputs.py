@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import stat
+import time
 import urllib.request
 
 from PIL import Image
 
-from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_bytes, read_file, to_rgb
+from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_bytes, file_kind, read_file, to_rgb
 from indexer.errors import PixdexError
 
 ImageInput = str | os.PathLike | bytes | bytearray | Image.Image
@@ -17,16 +19,66 @@ DEFAULT_URL_TIMEOUT = 10.0
 MAX_URL_BYTES = 64 * 1024 * 1024
 
 
-def fetch_url(url: str, timeout: float | None = DEFAULT_URL_TIMEOUT) -> bytes:
-    """Download an image URL with a timeout and a size cap."""
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s) (urllib would also follow one to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.startswith(("http://", "https://")):
+            raise PixdexError(f"refusing a redirect to {newurl[:80]}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def fetch_url(url: str, timeout: float | None = DEFAULT_URL_TIMEOUT, max_bytes: int = MAX_URL_BYTES) -> bytes:
+    """Download an http(s) image URL within `timeout` seconds in all (not per read) and `max_bytes`."""
+    if not url.startswith(("http://", "https://")):
+        raise PixdexError(f"cannot fetch {url[:80]}: only http(s) URLs are fetched")
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    chunks, size = [], 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            data = resp.read(MAX_URL_BYTES + 1)
+        with urllib.request.build_opener(_HttpOnlyRedirects).open(url, timeout=timeout) as resp:
+            while size <= max_bytes:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise PixdexError(f"image URL {url} took longer than {timeout:g} s")
+                chunk = resp.read(min(65536, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except PixdexError:
+        raise
     except Exception as exc:  # noqa: BLE001 - urllib raises many kinds; all mean "could not fetch"
-        raise PixdexError(f"cannot fetch image URL {url}: {exc}") from None
-    if len(data) > MAX_URL_BYTES:
-        raise PixdexError(f"image URL {url} is larger than {MAX_URL_BYTES // 2**20} MiB")
-    return data
+        raise PixdexError(f"cannot fetch image URL {url}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if size > max_bytes:
+        raise PixdexError(f"image URL {url} is larger than {max_bytes:,} bytes")
+    return b"".join(chunks)
+
+
+def check_image_file(path: str) -> None:
+    """Refuse a query image path that is missing or not a regular file (a FIFO would hang, /dev/zero never
+    ends, a directory is a mistake) before any work starts; read_file refuses them again when reading."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise PixdexError(f"cannot read image {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PixdexError(f"cannot read image {path}: {file_kind(st.st_mode)}, not a regular file")
+
+
+def read_image_file(path: str) -> bytes:
+    """A query image file's bytes (a regular file only: read_file checks)."""
+    try:
+        return read_file(path)
+    except DecodeError as exc:
+        raise PixdexError(f"cannot read image {path}: {exc}") from None
+
+
+def image_file_of(item: str) -> str | None:
+    """The file path an image string names; None for a URL, a data: URI or (long, slash-free) base64."""
+    if item.startswith(("http://", "https://", "data:image/")):
+        return None
+    if os.path.lexists(item) or len(item) < 256 or "/" in item[:64] and not item.endswith("="):
+        return item
+    return None
 
 
 def input_bytes(item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT) -> tuple[bytes, str]:
@@ -41,11 +93,8 @@ def input_bytes(item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT) -
         return fetch_url(item, timeout), item
     if item.startswith("data:image/") and "," in item:
         item = item.split(",", 1)[1]
-    elif os.path.exists(item) or len(item) < 256 or "/" in item[:64] and not item.endswith("="):
-        try:
-            return read_file(item), item
-        except DecodeError as exc:
-            raise PixdexError(f"cannot read image {item}: {exc}") from None
+    elif image_file_of(item) is not None:
+        return read_image_file(item), item
     try:
         return base64.b64decode(item, validate=True), "<base64>"
     except (binascii.Error, ValueError):

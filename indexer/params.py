@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.errors import PixdexError
+from indexer.errors import InvalidValue, PixdexError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _DEVICE = re.compile(r"^(auto|[a-z]+)(?::(\d+))?$")
@@ -32,7 +32,7 @@ class Bound:
         """`value` as this bound's kind; PixdexError naming `name` when it is not allowed."""
         ok = self._value(value)
         if ok is None:
-            raise PixdexError(f"{name} {self.explain(value)}")
+            raise InvalidValue(f"{name} {self.explain(value)}")
         return ok
 
     def parse(self, text: str, name: str):

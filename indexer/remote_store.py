@@ -27,10 +27,14 @@ def is_remote_store(store: str | os.PathLike) -> bool:
     return is_url(str(store)) and not str(store).startswith("file://")
 
 
+def cache_base() -> Path:
+    """pixdex's per-user cache folder: PIXDEX_CACHE, else ~/.cache/pixdex."""
+    return Path(os.environ.get("PIXDEX_CACHE", Path.home() / ".cache" / "pixdex")).expanduser()
+
+
 def cache_dir(url: str) -> Path:
     """The local working copy of a remote store (one per URL)."""
-    base = Path(os.environ.get("PIXDEX_CACHE", Path.home() / ".cache" / "pixdex")).expanduser()
-    return base / "stores" / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
+    return cache_base() / "stores" / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
 
 
 def _fs(url: str):

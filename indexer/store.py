@@ -38,9 +38,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexer.atomic import file_digest, probe_digest, save_json, save_npy, save_parquet, sha256_file
-from indexer.errors import ModelMismatchError, PixdexError, StoreDamaged, StoreFileMissing, StoreWriteError
+from indexer.errors import (
+    InvalidType,
+    InvalidValue,
+    ModelMismatchError,
+    PixdexError,
+    StoreDamaged,
+    StoreFileMissing,
+    StoreWriteError,
+)
 from indexer.exif import PHOTO_SCHEMA
 from indexer.faiss_index import SHARDED_TYPES, apply_search_params, read_sharded
+from indexer.ids import describe
 
 if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need it
     from indexer.models import ModelInfo
@@ -645,12 +654,12 @@ class Store:
 
 
 def as_ids(ids, store: Store | None = None) -> np.ndarray:
-    """ids as a 1-D int64 array; PixdexError (one line) for values that cannot be ids."""
+    """ids as a 1-D int64 array; InvalidType/InvalidValue (one line) for values that cannot be ids."""
     where = f" in store {store.path}" if store is not None else ""
     try:
         arr = np.asarray(ids)
     except (TypeError, ValueError) as exc:
-        raise PixdexError(f"unknown ids {ids!r:.60}{where}: {_first_line(exc)}") from None
+        raise InvalidType(f"unknown ids {ids!r:.60}{where}: {_first_line(exc)}") from None
     if arr.dtype.kind == "i" or (arr.dtype.kind == "u" and (not arr.size or arr.max() < 2**63)):
         return arr.astype(np.int64, copy=False).reshape(-1)
     out = []
@@ -658,9 +667,9 @@ def as_ids(ids, store: Store | None = None) -> np.ndarray:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise PixdexError(f"unknown id {v!r:.60}{where}: ids are whole numbers")
+            raise InvalidType(f"unknown id {describe(v)}{where}: ids are whole numbers")
         if not -(2**63) <= v < 2**63:
-            raise PixdexError(f"unknown id {v}{where}: ids are 64-bit integers")
+            raise InvalidValue(f"unknown id {describe(v)}{where}: ids are 64-bit integers")
         out.append(v)
     return np.array(out, np.int64)
 

@@ -13,6 +13,8 @@
            | column                                 a boolean column on its own
     value := column | 'string' | "string" | number | TRUE | FALSE
 
+A filter is at most MAX_FILTER_CHARS characters and nests at most MAX_DEPTH levels of parentheses
+and NOT (bounded CPU and stack for the CLI and the server alike); integers must fit in 64 bits.
 Columns are the store's metadata columns (id, path, bytes, mtime, width, height, sha256, source and
 tag columns, photo columns such as taken and camera_model); a timestamp column compares with a quoted
 date ('2024-06-01', '2024-06-01 18:30', '2024-06' or '2024'). Quote odd names with backticks. Keywords are case-insensitive. Comparisons with a
@@ -30,8 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from indexer.errors import PixdexError
+from indexer.errors import InvalidType, LimitExceeded, PixdexError
 
+MAX_FILTER_CHARS = 10_000  # an IN list of ~1,000 ids fits; a 1.4 MB filter once cost 7 s of CPU
+MAX_DEPTH = 32  # nested parentheses / NOTs (the parser recurses per level)
 KEYWORDS = {"AND", "OR", "NOT", "IN", "LIKE", "ILIKE", "GLOB", "IS", "NULL", "TRUE", "FALSE"}
 COMPARISONS = {"=": "equal", "==": "equal", "!=": "not_equal", "<>": "not_equal", "<": "less",
                "<=": "less_equal", ">": "greater", ">=": "greater_equal"}
@@ -65,7 +69,7 @@ def tokenize(text: str) -> list[Token]:
         kind = m.lastgroup
         raw = m.group()
         if kind == "number":
-            out.append(Token("number", float(raw) if re.search(r"[.eE]", raw) else int(raw), pos))
+            out.append(Token("number", _number(text, raw, pos), pos))
         elif kind == "string":
             out.append(Token("string", raw[1:-1].replace(raw[0] * 2, raw[0]), pos))
         elif kind == "backquoted":
@@ -80,8 +84,19 @@ def tokenize(text: str) -> list[Token]:
     return out
 
 
+def _number(text: str, raw: str, pos: int) -> int | float:
+    """A numeric literal: float when it has a point or exponent, else an int that must fit in int64."""
+    if re.search(r"[.eE]", raw):
+        return float(raw)
+    if len(raw.lstrip("+-")) > 19 or not -(2**63) <= int(raw) < 2**63:
+        raise _error(text, pos, f"number {raw[:24]}{'...' if len(raw) > 24 else ''} is out of range "
+                     "(integers must fit in 64 bits)")
+    return int(raw)
+
+
 def _error(text: str, pos: int, what: str) -> PixdexError:
-    return PixdexError(f"cannot read filter {text!r}: col {pos + 1}: {what}")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return PixdexError(f"cannot read filter {shown!r}: col {pos + 1}: {what}")
 
 
 # ---- syntax tree ---------------------------------------------------------------------------------
@@ -136,6 +151,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0
 
     @property
     def tok(self) -> Token:
@@ -181,12 +197,19 @@ class _Parser:
         return args[0] if len(args) == 1 else BoolOp("and", tuple(args))
 
     def not_(self):
-        if self.accept("keyword", "NOT"):
-            return BoolOp("not", (self.not_(),))
-        if self.accept("op", "("):
-            node = self.or_()
-            self.expect("op", ")", "')'")
-            return node
+        if self.tok.kind in ("keyword", "op") and self.tok.value in ("NOT", "("):
+            if self.depth >= MAX_DEPTH:
+                raise _error(self.text, self.tok.pos, f"nested more than {MAX_DEPTH} levels deep")
+            self.depth += 1
+            try:
+                if self.accept("keyword", "NOT"):
+                    return BoolOp("not", (self.not_(),))
+                self.accept("op", "(")
+                node = self.or_()
+                self.expect("op", ")", "')'")
+                return node
+            finally:
+                self.depth -= 1
         return self.test()
 
     def value(self) -> Column | Literal:
@@ -294,6 +317,8 @@ class Filter:
     """A parsed filter: mask(table) gives the rows it keeps; columns are checked against the table."""
 
     def __init__(self, text: str):
+        if len(text) > MAX_FILTER_CHARS:
+            raise LimitExceeded(f"filter of {len(text):,} characters exceeds the limit of {MAX_FILTER_CHARS:,}")
         self.text = text
         self.tree = _Parser(text).parse()
         self._names: dict[str, str] = {}
@@ -523,6 +548,8 @@ def _check_comparable(f: Filter, left: Column, lt: pa.DataType, right: Column, r
 
 def parse_filter(text: str) -> Filter:
     """Parse a --where expression (syntax errors are PixdexError naming the column)."""
+    if not isinstance(text, str):
+        raise InvalidType(f"a filter must be a string, got {type(text).__name__}")
     if not text or not text.strip():
         raise PixdexError("empty filter expression")
     return Filter(text)

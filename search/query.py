@@ -10,6 +10,8 @@ The syntax follows rclip (``"2:golden retriever" + ./pool.jpg - "grass"``)::
     value  := "double quoted" | 'single quoted' | bare words up to the next standalone + or -
 
 Without a kind, a value that is a URL or an existing image file is an image; anything else is text.
+`images` limits where image terms may come from: "any" (the CLI and Python: paths and URLs), "urls"
+(a server run with --allow-url-queries) or "none" (a server: images come as uploads or stored ids).
 The query vector is normalise(sum(sign * weight * normalise(embedding(term)))).
 Parse errors are PixdexError naming the 1-based column: ``col 14: expected a term after '-'``.
 """
@@ -25,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import PixdexError
+from indexer.errors import InvalidType, InvalidValue, PixdexError
+from indexer.ids import check_id
 
 KINDS = ("text", "image", "id", "like", "embedding")
 PREFIX_KINDS = ("text", "image", "id", "like")
+IMAGE_SOURCES = ("any", "urls", "none")  # where image terms may come from (see the module docstring)
 _WEIGHT = re.compile(r"(\d+(?:\.\d*)?|\.\d+):")
 _KIND = re.compile(r"(text|image|id|like):", re.IGNORECASE)
 _QUOTES = "\"'"
@@ -82,9 +86,10 @@ def _label(terms: Sequence[Term]) -> str:
 class _Parser:
     """A hand-written scanner over one query string (positions are kept for error messages)."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, images: str = "any"):
         self.s = text
         self.n = len(text)
+        self.images = images
 
     def error(self, pos: int, what: str) -> PixdexError:
         return PixdexError(f"cannot parse query {self.s!r}: col {pos + 1}: {what}")
@@ -157,7 +162,8 @@ class _Parser:
         value = value.strip()
         if not value:
             raise self.error(value_pos, "empty term")
-        return make_term(value, kind, sign * (weight or 1.0), lambda msg: self.error(value_pos, msg)), end
+        return make_term(value, kind, sign * (weight or 1.0), lambda msg: self.error(value_pos, msg),
+                         images=self.images), end
 
     def quoted(self, pos: int) -> tuple[str, int]:
         quote, out, i = self.s[pos], [], pos + 1
@@ -174,9 +180,13 @@ class _Parser:
         raise self.error(pos, f"unterminated quote {quote} (no closing {quote} before the end)")
 
 
+def is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
 def looks_like_image_ref(value: str) -> bool:
     """True for URLs and existing image files: such bare values are image queries, not text."""
-    if value.startswith(("http://", "https://", "data:image/")):
+    if is_url(value) or value.startswith("data:image/"):
         return True
     path = Path(value).expanduser()
     if not path.is_file():
@@ -186,21 +196,40 @@ def looks_like_image_ref(value: str) -> bool:
     return looks_like_image(path)
 
 
-def make_term(value: str, kind: str | None, weight: float, error=None) -> Term:
-    """A term from its text and optional kind prefix (error(msg) builds the exception to raise)."""
+def make_term(value: str, kind: str | None, weight: float, error=None, images: str = "any") -> Term:
+    """A term from its text and optional kind prefix (error(msg) builds the exception to raise).
+
+    images="none" refuses image terms and reads bare values as text without touching the file system;
+    images="urls" allows http(s) URLs only.
+    """
     error = error or (lambda msg: PixdexError(f"query term {value!r}: {msg}"))
+    if images not in IMAGE_SOURCES:
+        raise InvalidValue(f"images must be one of {', '.join(IMAGE_SOURCES)}, got {images!r}")
     if kind == "id":
         if not re.fullmatch(r"\d+", value):
             raise error(f"an id must be a whole number, got {value!r}")
-        return Term("id", int(value), weight)
-    if kind in ("like", "image", "text"):
+        try:
+            return Term("id", check_id(int(value)), weight)
+        except (PixdexError, ValueError) as exc:  # ValueError: more digits than int() reads
+            raise error(str(exc) if isinstance(exc, PixdexError) else "the id is out of range") from None
+    if kind == "image":
+        if images == "none" or images == "urls" and not is_url(value):
+            raise error("this server takes images only as uploads or stored ids (id:N, like:PATH)"
+                        + (" or http(s) URLs" if images == "urls" else "") + ", not paths"
+                        + ("" if images == "urls" else " or URLs"))
+        return Term("image", value, weight)
+    if kind in ("like", "text"):
         return Term(kind, value, weight)
-    return Term("image" if looks_like_image_ref(value) else "text", value, weight)
+    if images == "any" and looks_like_image_ref(value) or images == "urls" and is_url(value):
+        return Term("image", value, weight)
+    return Term("text", value, weight)
 
 
-def parse_query(text: str) -> Query:
-    """Parse one query string (see the module docstring for the grammar)."""
-    return _Parser(text).parse()
+def parse_query(text: str, images: str = "any") -> Query:
+    """Parse one query string (see the module docstring for the grammar and `images`)."""
+    if not isinstance(text, str):
+        raise InvalidType(f"a query must be a string, got {type(text).__name__}")
+    return _Parser(text, images).parse()
 
 
 def quote_term(arg: str) -> str:
@@ -261,7 +290,7 @@ def as_query(obj: Any) -> Query:
             return Query((Term("image", obj),), label="<PIL image>")
     except ImportError:  # pragma: no cover
         pass
-    raise PixdexError(f"unsupported query of type {type(obj).__name__}: use text, an image, an id or an embedding")
+    raise InvalidType(f"unsupported query of type {type(obj).__name__}: use text, an image, an id or an embedding")
 
 
 def mix(*parts: tuple[float, Any]) -> Query:

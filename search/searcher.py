@@ -9,6 +9,7 @@ and the search deepens until k matching items are found or none are left.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -23,10 +24,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from indexer.errors import PixdexError, StoreDamaged
+from indexer.errors import InvalidType, InvalidValue, PixdexError, StoreDamaged
 from indexer.faiss_index import index_family, ivf_of, rescore_depth
+from indexer.ids import check_id, describe
 from indexer.image_onnx import load_image_encoder
+from indexer.inputs import check_image_file, image_file_of
 from indexer.onnx_cache import CANNOT
+from indexer.params import COSINE, DEDUP, K
 from indexer.remote_store import open_path
 from indexer.store import Store, id_array
 from indexer.text_onnx import load_text_encoder
@@ -133,6 +137,16 @@ class Searcher:
         self._scope_cache: dict[tuple, Scope] = {}
         self._path_ids: dict[str, int] | None = None
 
+    def reopened(self) -> Searcher:
+        """A new Searcher on the store's latest committed state, sharing this one's models (nothing is
+        reloaded). Unlike refresh(), this one is left as it was: a server swaps whole snapshots."""
+        fresh = copy.copy(self)
+        fresh._open()
+        fresh.last_timings = {}
+        if fresh._encoder is not None:
+            fresh.store.check_model(fresh._encoder.info)
+        return fresh
+
     def refresh(self) -> None:
         """Switch to the store's latest committed state (for long-lived searchers)."""
         self._open()
@@ -237,9 +251,13 @@ class Searcher:
     def search_text(self, texts: str | Sequence[str], template: str | None = None, **kw):
         """Rank by free text (never parsed as a mix or a path); template like 'a photo of {}'."""
         batch = not isinstance(texts, str)
+        if batch and not isinstance(texts, Sequence):
+            raise InvalidType(f"search_text takes a string or a list of strings, got {type(texts).__name__}")
         items = list(texts) if batch else [texts]
         for t in items:
-            if not isinstance(t, str) or not t.strip():
+            if not isinstance(t, str):
+                raise InvalidType(f"query text must be a string, got {type(t).__name__}")
+            if not t.strip():
                 raise PixdexError("empty query text")
         qs = [Query((Term("text", t.strip()),), label=t.strip()) for t in items]
         return self.search(qs if batch else qs[0], template=template, **kw)
@@ -254,7 +272,7 @@ class Searcher:
 
     def search_embedding(self, vectors: np.ndarray, **kw):
         """Rank by raw embedding(s): a 1-d vector or a 2-d batch (normalised here)."""
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = _as_embeddings(vectors, self.store.dim)
         if vectors.ndim == 1:
             return self.search(Query((Term("embedding", vectors),)), **kw)
         return self.search([Query((Term("embedding", v),)) for v in vectors], **kw)
@@ -266,7 +284,10 @@ class Searcher:
         items = list(item) if batch else [item]
         qs, selves = [], []
         for it in items:
-            ident = int(it) if isinstance(it, (int, np.integer)) else self.id_for_path(str(it))
+            if isinstance(it, (str, os.PathLike)):
+                ident = self.id_for_path(os.fspath(it))
+            else:
+                ident = check_id(it, "more_like: item")
             qs.append(Query((Term("id", ident),), label=f"like {it}"))
             selves.append(ident)
         deeper = k + 1 if (k is not None and exclude_self) else k
@@ -404,6 +425,10 @@ class Searcher:
     # ---- the search -------------------------------------------------------------------------
     def _search_queries(self, queries, k, threshold, where, path_glob, path_prefix, dedup, template):
         _validate(k, threshold, dedup)
+        for q in queries:  # a missing or non-regular image file is refused before the model loads
+            for t in q.terms:
+                if t.kind == "image" and isinstance(t.value, str) and image_file_of(t.value) is not None:
+                    check_image_file(t.value)
         scope = self.scope(where, path_glob, path_prefix)  # filter errors before loading a model
         t0 = time.perf_counter()
         Q = self.encode(queries, template)
@@ -650,14 +675,33 @@ class Searcher:
 
 # ---- helpers -----------------------------------------------------------------------------------
 def _validate(k, threshold, dedup) -> None:
+    """The shared numeric rules (indexer.params) for k, threshold and dedup."""
     if k is None and threshold is None:
         raise PixdexError("give k (how many results) or a score threshold")
-    if k is not None and (not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1):
-        raise PixdexError(f"k must be a whole number >= 1, got {k!r}")
-    if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
-        raise PixdexError(f"threshold is a cosine between -1 and 1, got {threshold}")
-    if dedup is not None and not 0.0 < float(dedup) <= 1.0:
-        raise PixdexError(f"dedup is a cosine in (0, 1], got {dedup}")
+    if k is not None:
+        K.check(k, "k")
+    if threshold is not None:
+        COSINE.check(threshold, "threshold")
+    if dedup is not None:
+        DEDUP.check(dedup, "dedup")
+
+
+def _as_embeddings(vectors: Any, dim: int) -> np.ndarray:
+    """A 1-d vector or a 2-d batch of `dim` finite numbers as float32 (clear errors, not numpy's)."""
+    try:
+        arr = np.asarray(vectors)
+    except (TypeError, ValueError, OverflowError):  # ragged nesting, odd objects
+        arr = None
+    if arr is None or arr.dtype.kind not in "iuf" or arr.ndim not in (1, 2):
+        raise InvalidType(f"an embedding must be a list of {dim} numbers (or a batch of such lists), got "
+                          f"{describe(vectors) if arr is None or arr.ndim == 0 else f'{arr.ndim}-d {arr.dtype} data'}")
+    if arr.shape[-1] != dim:
+        raise InvalidValue(f"embedding has {arr.shape[-1]} dimensions; the store's model gives {dim}")
+    with np.errstate(over="ignore"):
+        arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InvalidValue("embedding must hold finite numbers")
+    return arr
 
 
 def _apply_template(text: str, template: str | None) -> str:

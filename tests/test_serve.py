@@ -27,7 +27,7 @@ def served(tmp_path_factory, tiny_clip, shapes_dir):
     store = root / "store"
     index_collection([str(images)], store, model=tiny_clip, progress=False, workers=0)
     limits = Limits(max_k=50, max_labels=5, max_upload_bytes=200_000, max_image_pixels=1_000_000)
-    return TestClient(create_app(store, limits=limits)), root
+    return TestClient(create_app(store, limits=limits), base_url="http://127.0.0.1"), root
 
 
 def png_bytes(size=(64, 64), color=(200, 30, 30)) -> bytes:
@@ -92,7 +92,7 @@ def test_classify_stored_ids_and_upload(served):
     ("post", "/api/search", {"json": {"nothing": 1}}, 400),
     ("post", "/api/search", {"content": b"not json", "headers": {"content-type": "application/json"}}, 400),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": []}}, 400),  # empty label list
-    ("post", "/api/classify", {"json": {"ids": [1], "labels": [1, 2]}}, 400),  # non-string labels
+    ("post", "/api/classify", {"json": {"ids": [1], "labels": [1, 2]}}, 422),  # non-string labels
     ("post", "/api/classify", {"json": {"ids": [1], "labels": list("abcdef")}}, 413),  # too many labels
     ("post", "/api/classify", {"json": {"ids": [10_000], "labels": ["a"]}}, 404),
     ("get", "/api/items/48", {}, 404),  # one past the end

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.params import IMAGE_PIXELS, LIMIT, PORT, device_arg
+from indexer.params import IMAGE_PIXELS, LIMIT, PORT, TIMEOUT, device_arg
 from pixdex.cli.common import size_arg
 
 
@@ -19,6 +19,13 @@ def register(sub) -> None:
     p.add_argument("--max-labels", type=LIMIT.arg(), default=100, help="most labels per classify request (default 100)")
     p.add_argument("--max-upload", type=size_arg, default="10M", help="largest upload (default 10M)")
     p.add_argument("--max-image-pixels", type=IMAGE_PIXELS.arg(), default=40_000_000, help="largest uploaded image (default 40 Mpx)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' for any). Loopback names "
+                   "and the --host address are always allowed; others are refused against DNS rebinding")
+    p.add_argument("--allow-url-queries", action="store_true",
+                   help="let queries name http(s) image URLs (image:https://...), fetched within --url-timeout and "
+                   "--max-upload; without it images come only as uploads or stored ids")
+    p.add_argument("--url-timeout", type=TIMEOUT.arg(), default=5.0, help="seconds for one image URL, all of it (default 5)")
     p.set_defaults(func=run)
 
 
@@ -29,8 +36,10 @@ def run(args) -> int:
     from pixdex.server.limits import Limits
 
     limits = Limits(max_k=args.max_k, max_labels=args.max_labels, max_upload_bytes=args.max_upload,
-                    max_image_pixels=args.max_image_pixels)
-    app = create_app(args.store, model=args.model, device=args.device, limits=limits)
+                    max_image_pixels=args.max_image_pixels, allow_url_queries=args.allow_url_queries,
+                    url_timeout=args.url_timeout)
+    app = create_app(args.store, model=args.model, device=args.device, limits=limits, host=args.host,
+                     allow_hosts=args.allow_host)
     print(f"pixdex: serving {args.store} on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

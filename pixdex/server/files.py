@@ -33,11 +33,27 @@ def verified_bytes(item: dict) -> bytes:
     return data
 
 
-def thumbnail(item: dict, cache_dir: Path, edge: int, max_pixels: int) -> bytes:
-    """A JPEG thumbnail (cached on disk in the store, keyed by content hash; not cached when the
-    store is read-only or its disk is full)."""
-    cached = cache_dir / f"{item['sha256']}-{edge}.jpg"
-    if cached.is_file():
+def thumbnail_cache(store: Path) -> Path | None:
+    """Where thumbnails are cached: STORE/cache/thumbs, else (a read-only store) the user's pixdex cache,
+    else nowhere (thumbnails are then made per request). Keyed by content hash, so sharing is safe."""
+    from indexer.remote_store import cache_base
+
+    for folder in (store / "cache" / "thumbs", cache_base() / "thumbs"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".tmp-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return folder
+        except OSError:
+            continue
+    return None
+
+
+def thumbnail(item: dict, cache_dir: Path | None, edge: int, max_pixels: int) -> bytes:
+    """A JPEG thumbnail, cached in `cache_dir` (None: not cached) keyed by content hash."""
+    cached = cache_dir / f"{item['sha256']}-{edge}.jpg" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
         return cached.read_bytes()
     data = verified_bytes(item)
     try:
@@ -48,14 +64,14 @@ def thumbnail(item: dict, cache_dir: Path, edge: int, max_pixels: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     out = buf.getvalue()
-    tmp = cached.with_name(f".tmp-{uuid.uuid4().hex}-{cached.name}")  # unique per thread
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(out)
-        os.replace(tmp, cached)
-    except OSError:  # a read-only store or a full disk: served, not cached
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    if cached is not None:
+        tmp = cached.with_name(f".tmp-{uuid.uuid4().hex}-{cached.name}")  # unique per thread
+        try:
+            tmp.write_bytes(out)
+            os.replace(tmp, cached)
+        except OSError:  # disk full or the folder turned read-only: serve it uncached
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return out
 
 

@@ -1,34 +1,60 @@
-"""What the HTTP API does, independent of HTTP: validated, bounded calls into search and classify."""
+"""What the HTTP API does, independent of HTTP: validated, bounded calls into search and classify.
+
+The service follows the store: every request starts from the newest committed snapshot (one stat of
+manifest.json per request; a changed manifest is opened once and swapped in whole), so a re-index shows
+without a restart and a request never mixes two generations. Model calls go through one lock (the encoder
+is not re-entrant); parsing, checks, URL fetches and image decoding happen before it is taken.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import PixdexError
+from classify.prompts import DEFAULT_TEMPLATE, check_labels, check_template
+from indexer.errors import InvalidType, InvalidValue, LimitExceeded, PixdexError
+from indexer.ids import check_id, describe
+from indexer.inputs import fetch_url, load_image_input
+from indexer.params import TOP_K
+from indexer.remote_store import open_path
 from pixdex import __version__
+from pixdex.server.files import thumbnail_cache
 from pixdex.server.limits import Limits
+from search.query import Query, Term, parse_query
 from search.searcher import Searcher
 
 FILTER_VALUES_MAX = 50  # a string column with at most this many distinct values becomes a filter menu
+MAX_URL_TERMS = 4  # image URLs fetched per request (with --allow-url-queries)
 
 
 class NotFound(PixdexError):
     status = 404
 
 
-class TooLarge(PixdexError):
+class TooLarge(LimitExceeded):
     status = 413
 
 
-class Invalid(PixdexError):
+class Invalid(InvalidValue):
     status = 422
 
 
+def manifest_signature(store: Path) -> tuple | None:
+    """What changes whenever a writer commits (the manifest is replaced atomically): inode, mtime, size."""
+    try:
+        st = os.stat(store / "manifest.json")
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class StoreService:
-    """One store, one model, the server's limits."""
+    """One store (followed across commits), one model, the server's limits."""
 
     version = __version__
 
@@ -36,106 +62,182 @@ class StoreService:
                  limits: Limits | None = None):
         self.limits = limits or Limits()
         self._duplicates: dict = {}  # (generation, threshold, tolerance) -> report
-        self.searcher = Searcher(store, model=model, device=device)
-        self.store = self.searcher.store
-        fast = self.searcher.text_encoder if model is None else None
+        self.model_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self.path = open_path(store)
+        self._signature = manifest_signature(self.path)  # before opening: a commit in between is seen later
+        self._searcher = Searcher(self.path, model=model, device=device)
+        fast = self._searcher.text_encoder if model is None else None
         if fast is not None:
             fast.encode_texts(["warm up"])  # text queries run on the fast path: ready now, no torch import
             self.searcher.fast_encoder("image")  # image queries too, when the model has an image export
         else:
-            self.searcher.encoder  # noqa: B018 - load the model now, not on the first request
+            self._searcher.encoder  # noqa: B018 - load the model now, not on the first request
+        self.generation = self._searcher.store.manifest.get("generation")
+        self._thumbnails: list = []  # [folder or None] once the first thumbnail asked for it
+        self._classifier = None
+
+    # ---- the snapshot -----------------------------------------------------------------------
+    def current(self) -> Searcher:
+        """The newest committed snapshot; a request takes it once and uses only it."""
+        sig = manifest_signature(self.path)
+        if sig is None or sig == self._signature or not self._reload_lock.acquire(blocking=False):
+            return self._searcher  # unchanged, or another request is opening the new one right now
+        try:
+            if sig != self._signature:
+                self._signature = sig  # a generation that cannot be opened is tried once, not per request
+                try:
+                    fresh = self._searcher.reopened()
+                except (PixdexError, OSError, ValueError, RuntimeError) as exc:
+                    print(f"pixdex serve: still serving generation {self.generation}: cannot open the new one: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+                else:
+                    self._searcher, self.generation = fresh, fresh.store.manifest.get("generation")
+        finally:
+            self._reload_lock.release()
+        return self._searcher
 
     @property
     def encoder(self):
         """The transformers encoder (image queries, classify): loaded on first use when texts run fast."""
-        return self.searcher.encoder
+        return self.current().encoder
+
+    @property
+    def thumbnails(self) -> Path | None:
+        """Where thumbnails are cached (decided on first use: the store's cache, else the user's, else none)."""
+        if not self._thumbnails:
+            self._thumbnails.append(thumbnail_cache(self.path))
+        return self._thumbnails[0]
+
+    @property
+    def store(self):
+        return self.current().store
 
     # ---- validation -------------------------------------------------------------------------
     def check_k(self, k) -> int:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.limits.max_k:
-            raise Invalid(f"k must be an integer from 1 to {self.limits.max_k}, got {k!r}")
+            raise Invalid(f"k must be an integer from 1 to {self.limits.max_k}, got {describe(k)}")
         return k
 
     def check_query(self, q) -> str:
-        if not isinstance(q, str) or not q.strip():
+        if not isinstance(q, str):
+            raise InvalidType(f"a query must be a string, got {describe(q)}")
+        if not q.strip():
             raise PixdexError("empty query")
         if len(q) > self.limits.max_query_chars:
-            raise TooLarge(f"query of {len(q)} characters exceeds the {self.limits.max_query_chars} limit")
+            raise TooLarge(f"query of {len(q):,} characters exceeds the {self.limits.max_query_chars:,} limit")
         return q
 
-    def check_labels(self, labels) -> list[str]:
-        if not isinstance(labels, list) or not labels:
-            raise PixdexError("labels must be a non-empty list of strings")
-        if len(labels) > self.limits.max_labels:
-            raise TooLarge(f"{len(labels)} labels exceed the limit of {self.limits.max_labels}")
-        for lab in labels:
-            if not isinstance(lab, str) or not lab.strip():
-                raise PixdexError(f"every label must be a non-empty string, got {lab!r}")
-            if len(lab) > self.limits.max_query_chars:
-                raise TooLarge(f"label of {len(lab)} characters exceeds the {self.limits.max_query_chars} limit")
-        return labels
+    def check_where(self, where) -> str | None:
+        if where is not None and not isinstance(where, str):
+            raise InvalidType(f"where must be a filter string, got {describe(where)}")
+        return where or None
+
+    def parse(self, q) -> Query:
+        """A query string under this server's image policy: no paths; URLs only with allow_url_queries."""
+        return parse_query(self.check_query(q), images="urls" if self.limits.allow_url_queries else "none")
+
+    def fetch_images(self, queries: list[Query]) -> list[Query]:
+        """Image URL terms fetched and decoded now, within the upload limits (never under the model lock)."""
+        urls = [t.value for q in queries for t in q.terms if t.kind == "image" and isinstance(t.value, str)]
+        if not urls:
+            return queries
+        if len(urls) > MAX_URL_TERMS:
+            raise TooLarge(f"{len(urls)} image URLs in one request exceed the limit of {MAX_URL_TERMS}")
+        images = {}
+        for url in dict.fromkeys(urls):
+            data = fetch_url(url, timeout=self.limits.url_timeout, max_bytes=self.limits.max_upload_bytes)
+            images[url] = load_image_input(data, max_pixels=self.limits.max_image_pixels, option="--max-image-pixels")
+        return [Query(tuple(Term(t.kind, images.get(t.value, t.value) if t.kind == "image" else t.value, t.weight)
+                            for t in q.terms), label=q.label) for q in queries]
 
     # ---- search -----------------------------------------------------------------------------
+    def check_order(self, sort, columns) -> dict:
+        """sort: 'COLUMN' or '-COLUMN'; columns: names to attach to each hit (checked by the searcher)."""
+        if sort is not None and not isinstance(sort, str):
+            raise InvalidType(f"sort must be a column name (with '-' for descending), got {describe(sort)}")
+        if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+            raise InvalidType(f"columns must be a list of column names, got {describe(columns)}")
+        return {"sort": sort or None, "columns": columns or None}
+
     def search(self, queries: list[str], k: int = 10, where: str | None = None,
                threshold: float | None = None, sort: str | None = None, columns=None) -> list[list[dict]]:
-        k = self.check_k(k)
+        k, where, order = self.check_k(k), self.check_where(where), self.check_order(sort, columns)
         if len(queries) > self.limits.max_queries:
             raise TooLarge(f"{len(queries)} queries exceed the limit of {self.limits.max_queries}")
-        queries = [self.check_query(q) for q in queries]
-        results = self.searcher.search(queries, k=k, where=where, threshold=threshold, sort=sort, columns=columns)
+        parsed = self.fetch_images([self.parse(q) for q in queries])
+        snap = self.current()
+        with self.model_lock:
+            results = snap.search(parsed, k=k, where=where, threshold=threshold, **order)
         return [[h.to_dict() for h in hits] for hits in results]
 
     def search_image(self, image, k: int = 10, where: str | None = None, threshold: float | None = None,
                      sort: str | None = None, columns=None):
-        hits = self.searcher.search_image(image, k=self.check_k(k), where=where, threshold=threshold, sort=sort,
-                                          columns=columns)
+        k, where, order = self.check_k(k), self.check_where(where), self.check_order(sort, columns)
+        snap = self.current()
+        with self.model_lock:
+            hits = snap.search_image(image, k=k, where=where, threshold=threshold, **order)
         return [h.to_dict() for h in hits]
 
     def search_body(self, body: dict) -> dict:
         """POST /api/search JSON: one of query (text or mix syntax), queries, id, embedding."""
         k = body.get("k", 10)
         where, threshold = body.get("where"), body.get("threshold")
-        order = {"sort": body.get("sort"), "columns": body.get("columns")}  # e.g. "-taken", ["taken"]
+        order = self.check_order(body.get("sort"), body.get("columns"))  # e.g. "-taken", ["taken"]
         if "queries" in body:
             qs = body["queries"]
-            if not isinstance(qs, list):
-                raise Invalid("queries must be a list of strings")
+            if not isinstance(qs, list) or not qs:
+                raise Invalid("queries must be a non-empty list of strings")
             return {"queries": qs, "results": self.search(qs, k, where, threshold, **order)}
         if "query" in body:
             return {"query": body["query"], "results": self.search([body["query"]], k, where, threshold, **order)[0]}
         if "id" in body:
-            ident = body["id"]
-            if not isinstance(ident, int) or isinstance(ident, bool):
-                raise Invalid(f"id must be an integer, got {ident!r}")
-            self.item(ident)
-            hits = self.searcher.more_like(ident, k=self.check_k(k), where=where, threshold=threshold, **order)
+            ident = check_id(body["id"])
+            k, where = self.check_k(k), self.check_where(where)
+            snap = self.current()
+            self._require(snap, [ident])
+            with self.model_lock:
+                hits = snap.more_like(ident, k=k, where=where, threshold=threshold, **order)
             return {"id": ident, "results": [h.to_dict() for h in hits]}
         if "embedding" in body:
             vec = body["embedding"]
-            if not isinstance(vec, list) or len(vec) != self.store.dim:
+            if not isinstance(vec, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                    for x in vec):
                 raise Invalid(f"embedding must be a list of {self.store.dim} numbers")
-            hits = self.searcher.search_embedding(np.asarray(vec, np.float32), k=self.check_k(k), where=where,
-                                                  threshold=threshold, **order)
+            k, where = self.check_k(k), self.check_where(where)
+            snap = self.current()
+            with self.model_lock:
+                hits = snap.search_embedding(vec, k=k, where=where, threshold=threshold, **order)
             return {"results": [h.to_dict() for h in hits]}
         raise PixdexError("search body needs one of: query, queries, id, embedding")
 
     # ---- classify ---------------------------------------------------------------------------
+    def check_labels(self, labels, template) -> tuple[list[str], str]:
+        """The CLI's own checks (classify.prompts), with this server's bound on the number of labels."""
+        labels = check_labels(labels, allow_duplicates=False, max_labels=self.limits.max_labels)
+        return labels, check_template(DEFAULT_TEMPLATE if template is None else template)
+
     def classify_ids(self, ids, labels, template: str | None, top_k=None) -> dict:
         from pixdex.server.tagging import score_ids
 
-        labels = self.check_labels(labels)
+        labels, template = self.check_labels(labels, template)
+        top_k = None if top_k is None else TOP_K.check(top_k, "top_k")
         if not isinstance(ids, list) or not ids:
-            raise PixdexError("ids must be a non-empty list of stored ids")
+            raise Invalid("ids must be a non-empty list of stored ids")
         if len(ids) > self.limits.max_ids:
             raise TooLarge(f"{len(ids)} ids exceed the limit of {self.limits.max_ids}")
-        for i in ids:
-            self.item(i)
-        return {"results": score_ids(self, ids, labels, template, top_k)}
+        ids = [check_id(i, "ids: id") for i in ids]
+        snap = self.current()
+        self._require(snap, ids)
+        with self.model_lock:
+            return {"results": score_ids(self, snap.store, ids, labels, template, top_k)}
 
     def classify_image(self, image, labels, template: str | None) -> dict:
         from pixdex.server.tagging import score_image
 
-        return {"labels": score_image(self, image, self.check_labels(labels), template)}
+        labels, template = self.check_labels(labels, template)
+        with self.model_lock:
+            return {"labels": score_image(self, image, labels, template)}
 
     # ---- duplicates -------------------------------------------------------------------------
     def duplicates(self, threshold=None, tolerance=None, limit=None) -> dict:
@@ -148,37 +250,44 @@ class StoreService:
         tolerance = PIXEL_TOLERANCE.check(DEFAULT_TOLERANCE if tolerance is None else tolerance, "tolerance")
         limit = self.limits.max_k if limit is None else limit
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= self.limits.max_k:
-            raise Invalid(f"limit must be an integer from 1 to {self.limits.max_k}, got {limit!r}")
-        key = (self.store.manifest["generation"], threshold, tolerance)
+            raise Invalid(f"limit must be an integer from 1 to {self.limits.max_k}, got {describe(limit)}")
+        snap = self.current()
+        key = (snap.store.manifest["generation"], threshold, tolerance)
         cache = self._duplicates
         if key not in cache:
             cache.clear()
-            cache[key] = find_duplicates(self.searcher, threshold=threshold, tolerance=tolerance).to_dict()
+            cache[key] = find_duplicates(snap, threshold=threshold, tolerance=tolerance).to_dict()
         report = dict(cache[key])
         report["groups"] = report["groups"][:limit]
         return report
 
     # ---- items ------------------------------------------------------------------------------
-    def item(self, item_id) -> dict:
-        if not isinstance(item_id, int) or isinstance(item_id, bool):
-            raise Invalid(f"id must be an integer, got {item_id!r}")
+    @staticmethod
+    def _require(snap: Searcher, ids: list[int]) -> None:
         try:
-            meta = self.store.item(item_id)
-        except PixdexError:
-            raise NotFound(f"unknown id {item_id} (the store has {self.store.count} items)") from None
-        return {k: _jsonable(v) for k, v in meta.items()}
+            snap.store.locate(np.array(ids, np.int64))
+        except PixdexError as exc:
+            raise NotFound(f"{str(exc).split(' in store ')[0]} (the store has {snap.store.count} items)") from None
+
+    def item(self, item_id) -> dict:
+        item_id = check_id(item_id)
+        snap = self.current()
+        self._require(snap, [item_id])
+        return {k: _jsonable(v) for k, v in snap.store.item(item_id).items()}
 
     def info(self) -> dict:
-        idx = self.store.index_info
-        table = self.store.metadata()
+        store = self.current().store
+        idx = store.index_info
+        table = store.metadata()
         filters = {}
-        for name in self.store.tag_sets():
+        for name in store.tag_sets():
             for col in table.column_names:
                 if col == name or col.startswith(name + "_") and not col.endswith("score"):
                     values = [v for v in table[col].unique().to_pylist() if isinstance(v, str)]
                     if 0 < len(values) <= FILTER_VALUES_MAX:
                         filters[col] = sorted(values)
-        return {"count": self.store.count, "dim": self.store.dim, "model": self.store.model["name"],
+        return {"count": store.count, "dim": store.dim, "model": store.model["name"],
+                "generation": store.manifest.get("generation"),
                 "index": {"type": idx.get("type"), "recall_at_10": idx.get("recall_at_10")},
                 "columns": table.column_names, "filters": filters, "limits": asdict(self.limits)}
 
