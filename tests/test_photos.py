@@ -128,7 +128,7 @@ def test_api_where_sort_and_dates(album_store):
 
     from pixdex.server.app import create_app
 
-    client = TestClient(create_app(album_store[0]))
+    client = TestClient(create_app(album_store[0]), base_url="http://127.0.0.1")  # the Host check
     body = {"query": "a red circle", "k": 10, "where": "taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'",
             "sort": "taken", "columns": ["taken"]}
     r = client.post("/api/search", json=body)
