@@ -11,7 +11,15 @@ import urllib.request
 
 from PIL import Image
 
-from indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_bytes, file_kind, read_file, to_rgb
+from indexer.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    check_pixels,
+    decode_bytes,
+    file_kind,
+    read_file,
+    to_rgb,
+)
 from indexer.errors import PixdexError
 
 ImageInput = str | os.PathLike | bytes | bytearray | Image.Image

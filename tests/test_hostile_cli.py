@@ -317,7 +317,8 @@ def test_an_uploaded_png_bomb_is_refused_naming_the_servers_own_option(tiny_stor
     from pixdex.server.app import create_app
     from pixdex.server.limits import Limits
 
-    client = TestClient(create_app(tiny_store, limits=Limits(max_image_pixels=40_000_000)))
+    client = TestClient(create_app(tiny_store, limits=Limits(max_image_pixels=40_000_000)),
+                        base_url="http://127.0.0.1")  # the server checks the Host header
     bomb = with_exif_chunk(huge_png(30_000, 30_000), 6)
     resp = client.post("/api/search", files={"image": ("bomb.png", bomb, "image/png")})
     assert resp.status_code == 400
