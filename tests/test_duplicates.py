@@ -137,7 +137,7 @@ def test_api_duplicates(copies_store):
 
     from pixdex.server.app import create_app
 
-    client = TestClient(create_app(copies_store[0]))
+    client = TestClient(create_app(copies_store[0]), base_url="http://127.0.0.1")  # the Host check
     r = client.get("/api/duplicates")
     assert r.status_code == 200, r.text
     groups = r.json()["groups"]
