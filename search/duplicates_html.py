@@ -27,7 +27,8 @@ figcaption { overflow-wrap: anywhere; } .keep { color: #0a6b2b; font-weight: 700
 def describe(item: DupItem) -> str:
     """'4032x3024, 2.1 MB, taken 2024-06-01T12:00:00'."""
     taken = f", taken {item.taken}" if item.taken else ""
-    return f"{item.width}x{item.height}, {item.bytes / 1e6:.1f} MB{taken}"
+    size = f"{item.bytes / 1e6:.1f} MB" if item.bytes >= 1e6 else f"{item.bytes / 1e3:.0f} KB"
+    return f"{item.width}x{item.height}, {size}{taken}"
 
 
 def format_report(report: DupReport) -> str:

@@ -37,10 +37,12 @@ def test_demo_end_to_end(tmp_path, shapes_clip):
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
-    for marker in ("shapes world", "top-1", "indexed 80", "a red circle", "eval shape", "pixdex serve"):
+    for marker in ("shapes world", "top-1", "indexed 80", "a red circle", "eval shape", "pixdex serve",
+                   "--sort -taken", "2024-07-15T07:45:00-04:00", "group 1 (near, 4 files"):
         assert marker in text, (marker, text[-3000:])
     demo = tmp_path / "demo"
     assert (demo / "images" / "labels.csv").is_file()
     assert (demo / "store" / "manifest.json").is_file()
     assert (demo / "search.html").read_text().count("<img") >= 8
     assert list(demo.glob("eval-*/confusion*.png"))
+    assert (demo / "duplicates.html").read_text().count("<figure") == 4

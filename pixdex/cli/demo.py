@@ -46,6 +46,7 @@ def run(args) -> int:
 
     searches(out)
     tag_and_eval(out, labels)
+    photos(out)
     print(f"\ndone in {time.perf_counter() - t0:.1f} s. Browse the store: pixdex serve {out / 'store'}")
     return 0
 
@@ -95,3 +96,29 @@ def tag_and_eval(out: Path, labels: Path) -> None:
 
     step("5. tag by shape from stored embeddings, evaluate against labels.csv")
     demo_tag_and_eval(out, labels)
+
+
+def photos(out: Path) -> None:
+    """A few photos with camera EXIF and copies of one: a date filter, sorting by time, a duplicate group."""
+    from indexer.job import index_collection
+    from pixdex.demo.photos import write_album
+    from search.duplicates import find_duplicates
+    from search.duplicates_html import format_report, write_duplicates_html
+    from search.results import format_table
+    from search.searcher import Searcher
+
+    step(f"6. photos: capture time, camera and place from EXIF; duplicates -> {out / 'photos'}")
+    write_album(out / "photos")
+    store = out / "store"
+    summary = index_collection([str(out / "images"), str(out / "photos")], store, model=DEMO_MODEL,
+                               progress=sys.stderr.isatty())
+    print(summary.line())
+    where = "taken >= '2024-01-01' AND camera_model LIKE 'Pixel%'"
+    print(f"pixdex search {store} \"a photo\" --where \"{where}\" --sort -taken")
+    hits = Searcher(store).search("a photo", k=10, where=where, sort="-taken")
+    print(format_table([""], [hits]))
+    print(f"pixdex duplicates {store}")
+    report = find_duplicates(store, progress=sys.stderr.isatty())
+    print(format_report(report))
+    page = write_duplicates_html(out / "duplicates.html", report, str(store))
+    print(f"groups side by side: {page}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
@@ -65,3 +66,41 @@ def jpeg_with_exif(img: Image.Image, shot: Shot, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=quality, exif=shot_exif(shot))
     return buf.getvalue()
+
+
+ALBUM = [  # (file, shot): a small photo library spread over two years, two cameras, three places
+    ("IMG_20230814_101500.jpg", Shot(datetime(2023, 8, 14, 10, 15), "+02:00", "Google", "Pixel 7", None,
+                                     (48.8584, 2.2945))),
+    ("IMG_20231224_183000.jpg", Shot(datetime(2023, 12, 24, 18, 30), "+01:00", "Google", "Pixel 7")),
+    ("DSC04211.jpg", Shot(datetime(2024, 3, 2, 9, 5), None, "Canon", "Canon EOS R6", "RF24-105mm F4 L IS USM")),
+    ("IMG_20240601_120000.jpg", Shot(datetime(2024, 6, 1, 12, 0), "+02:00", "Google", "Pixel 8", None,
+                                     (41.9022, 12.4539))),
+    ("IMG_20240715_074500.jpg", Shot(datetime(2024, 7, 15, 7, 45), "-04:00", "Google", "Pixel 8", None,
+                                     (40.7580, -73.9855))),
+    ("DSC05877.jpg", Shot(datetime(2025, 1, 3, 15, 20), None, "Canon", "Canon EOS R6")),
+]
+
+
+def write_album(out_dir: str | Path, seed: int = 2026, size: int = 256) -> list[Path]:
+    """A few shapes-world 'photos' with camera EXIF, plus copies of one (exact, resized, EXIF-rotated).
+
+    What `pixdex demo` indexes to show date filters, sorting by capture time and a duplicate group.
+    """
+    from pixdex.demo.copies import transform
+    from pixdex.demo.world import random_scenes, render_scene
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    scenes = random_scenes(len(ALBUM), seed=seed, two_object_prob=0.0)
+    for (name, shot), scene in zip(ALBUM, scenes):
+        (out / name).write_bytes(jpeg_with_exif(render_scene(scene, size), shot))
+        written.append(out / name)
+    first = render_scene(scenes[3], size)
+    copies = {"copy of IMG_20240601_120000.jpg": (out / ALBUM[3][0]).read_bytes(),  # a byte-identical copy
+              "IMG_20240601_120000-small.jpg": transform(first, "resize", "moderate")[0],  # shared at half size
+              "IMG_20240601_120000-rotated.jpg": transform(first, "rotate", "mild")[0]}  # turned by EXIF
+    for name, data in copies.items():
+        (out / name).write_bytes(data)
+        written.append(out / name)
+    return written
