@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
@@ -165,14 +166,18 @@ def check_tag_name(name: str, columns: Iterable[str] = ()) -> str:
 
 
 def store_columns(store: Store, replacing: str | None = None) -> list[str]:
-    """Every metadata column of the store except those of the tag set `replacing` (schemas only, no rows)."""
+    """Every metadata column of the store except those of the tag set `replacing` (file schemas only, no rows)."""
+    files = [s["metadata"] for s in store.manifest["shards"]]
+    files += [rel for name, rel in sorted((store.manifest.get("tags") or {}).items()) if name != replacing]
     cols: set[str] = set()
-    for shard in store.manifest["shards"]:
-        cols.update(pq.read_schema(store.path / shard["metadata"]).names)
-    for tag_set, rel in (store.manifest.get("tags") or {}).items():
-        if tag_set != replacing:
-            cols.update(c for c in pq.read_schema(store.path / rel).names if c != "id")
-    return sorted(cols)
+    for rel in files:
+        try:
+            cols.update(pq.read_schema(store.path / rel).names)
+        except FileNotFoundError:
+            raise store.missing(rel) from None
+        except (pa.ArrowException, OSError) as exc:
+            raise store.damaged(rel, f"not a readable parquet file ({str(exc).splitlines()[0]})") from None
+    return sorted(cols - {"id"} | {"id"})
 
 
 # ---- the job --------------------------------------------------------------------------------------------
