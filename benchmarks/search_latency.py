@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.searcher import _faiss_threads, _torch_threads
+from search.candidates import faiss_threads as _faiss_threads
+from search.encoding import torch_threads as _torch_threads
 
 DIM = 512
 LATENT = 64
@@ -233,7 +234,7 @@ def bench_index(path: Path, record: dict, queries: np.ndarray, truth: np.ndarray
     t0 = time.perf_counter()
     s = Searcher(path)
     open_s = time.perf_counter() - t0
-    index = s._index
+    index = s.candidates.index
     kind = record["type"]
 
     def raw(q):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from search.searcher import Hit
+from search.hits import Hit
 
 THUMB_SIZE = 160
 

@@ -10,81 +10,32 @@ and the search deepens until k matching items are found or none are left.
 from __future__ import annotations
 
 import copy
-import logging
-import math
 import os
-import threading
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from indexer.errors import InvalidType, InvalidValue, PixdexError, StoreDamaged
-from indexer.faiss_index import index_family, ivf_of, rescore_depth
-from indexer.ids import check_id, describe
-from indexer.image_onnx import load_image_encoder
+from indexer.errors import InvalidType, PixdexError, StoreDamaged
+from indexer.ids import check_id
 from indexer.inputs import check_image_file, image_file_of
-from indexer.onnx_cache import CANNOT
 from indexer.params import COSINE, DEDUP, K
 from indexer.remote_store import open_path
-from indexer.store import Store, id_array
-from indexer.text_onnx import load_text_encoder
-from search.filters import parse_filter, path_mask
+from indexer.store import Store
+from search.candidates import Candidates, Scope
+from search.encoding import QueryEncoder, as_embeddings
+from search.hits import Hit, rerank
 from search.ordering import Order, check_columns, column_values, order_hits, parse_sort
 from search.query import Query, Term, as_query
 
-EXACT_SUBSET = 20_000  # a filtered subset this small is searched exactly: a few ms, perfect recall
-MAX_BOOST = 64  # deepening multiplies nprobe / efSearch up to this factor, then falls back to exact
-RANGE_SLACK = {"ivfpq": 0.1}  # cosine margin for approximate (PQ) distances in range search
-RANGE_BOOST = 4  # a range reaches further than the top 10 the index was tuned for: probe wider
-MAX_EF = 16384
-SMALL_BATCH = 8  # up to this many queries are encoded on one torch thread
-BATCH_ROWS = 65536
-
-
-@dataclass
-class Hit:
-    """One result: 1-based rank, store id, path and cosine score; `metadata` has every stored column."""
-
-    rank: int
-    id: int
-    path: str
-    score: float
-    values: dict = field(default_factory=dict, compare=False, repr=False)  # requested metadata columns
-
-    @property
-    def metadata(self) -> dict:
-        """All metadata columns of this item (base, source and tag columns)."""
-        if getattr(self, "_searcher", None) is None:
-            raise PixdexError("this hit is not attached to a store")
-        return self._searcher.store.item(self.id)
-
-    def __getitem__(self, column: str):
-        return self.metadata[column]
-
-    def to_dict(self) -> dict:
-        return {"rank": self.rank, "id": self.id, "path": self.path, "score": self.score, **self.values}
-
-
-@dataclass
-class Scope:
-    """Which live ids a search may return, and how to restrict the index to them."""
-
-    n: int  # how many items are eligible
-    ids: np.ndarray | None  # sorted eligible ids; None = every live item
-    selector: Any = None  # faiss IDSelector over indexed eligible ids (None = no restriction)
-    tail: np.ndarray | None = None  # eligible ids the index does not hold yet (searched exactly)
-    exact: bool = False  # search the eligible ids exactly instead of through the index
-    keep: Any = None  # arrays the selector points into (kept alive while it is used)
-    fraction: float = 1.0  # eligible share of the indexed items: the index search widens by 1/fraction
+__all__ = ["Hit", "Scope", "Searcher"]
 
 
 def _is_batch(queries: Any) -> bool:
+    """True for several queries at once: a list or tuple, or a 2-d array of embeddings."""
     if isinstance(queries, np.ndarray):
         return queries.ndim == 2
     return isinstance(queries, (list, tuple))
@@ -102,10 +53,7 @@ class Searcher:
             store = open_path(store)  # a remote store (s3://, ...) is pulled to its local copy
         self.path = Path(store.path if isinstance(store, Store) else store).expanduser()
         self.device = device
-        self._model = model
-        self._encoder = None
-        self._fast: dict[str, Any] = {}  # tower -> ONNX encoder or None (looked up on first use)
-        self._fast_missing: dict[str, str] = {}  # tower -> why it has no fast path (said once)
+        self.queries = QueryEncoder(model, device)
         self._open(store if isinstance(store, Store) else None)
         if model is not None:
             self.encoder  # noqa: B018 - load and check the model now, not at the first query
@@ -127,12 +75,8 @@ class Searcher:
                     continue  # a newer commit replaced this index: read the manifest again
             break
         self.store = store
-        self._index = index if index is not None and index.ntotal > 0 else None
-        info = store.index_info
-        self.index_type = index_family(info.get("type")) if self._index is not None else None
-        self._indexed_max = int(info.get("max_id", -1)) if self._index is not None else -1
-        self._stale = self._index is not None and not store.index_is_current()
-        self._params = dict(info.get("params") or {})
+        self.candidates = Candidates(store, index)
+        self.index_type = self.candidates.index_type
         self._path_cache: dict[int, pa.Array] = {}
         self._scope_cache: dict[tuple, Scope] = {}
         self._path_ids: dict[str, int] | None = None
@@ -143,15 +87,15 @@ class Searcher:
         fresh = copy.copy(self)
         fresh._open()
         fresh.last_timings = {}
-        if fresh._encoder is not None:
-            fresh.store.check_model(fresh._encoder.info)
+        if fresh.queries.loaded is not None:
+            fresh.store.check_model(fresh.queries.loaded.info)
         return fresh
 
     def refresh(self) -> None:
         """Switch to the store's latest committed state (for long-lived searchers)."""
         self._open()
-        if self._encoder is not None:
-            self.store.check_model(self._encoder.info)
+        if self.queries.loaded is not None:
+            self.store.check_model(self.queries.loaded.info)
 
     @property
     def count(self) -> int:
@@ -160,25 +104,11 @@ class Searcher:
     @property
     def encoder(self):
         """The store's model (loaded once per process), checked against the store's fingerprint."""
-        if self._encoder is None:
-            from indexer.encoder import store_encoder  # torch: only when a query needs the model
-
-            self._encoder = store_encoder(self.store, self._model, self.device)
-        return self._encoder
+        return self.queries.encoder(self.store)
 
     def fast_encoder(self, tower: str):
-        """The ONNX query path (indexer.text_onnx / image_onnx, no torch) of the store's own model for
-        "text" or "image", or None: then that tower runs on transformers and a notice says why."""
-        if tower not in self._fast:
-            self._fast[tower] = None
-            if self._model is None:
-                load = load_text_encoder if tower == "text" else load_image_encoder
-                fast, why = load(str(self.store.model.get("fingerprint", "")))
-                if fast is not None and fast.dim == self.store.dim:
-                    self._fast[tower] = fast
-                else:
-                    self._fast_missing[tower] = why or "export has another dimension"
-        return self._fast[tower]
+        """The ONNX query path of the store's model for "text" or "image", or None (see QueryEncoder)."""
+        return self.queries.fast_encoder(self.store, tower)
 
     @property
     def text_encoder(self):
@@ -186,43 +116,14 @@ class Searcher:
         return self.fast_encoder("text")
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Text query vectors: the fast path when the store's model has a checked export, else transformers."""
-        fast = self.fast_encoder("text")
-        if fast is not None and fast.can_encode(texts):
-            return fast.encode_texts(texts)
-        with _torch_threads(len(texts)):
-            out = self.encoder.encode_texts(texts)
-        self._notice("text")
-        return out
+        return self.queries.encode_texts(self.store, texts)
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
-        """Image query vectors: the fast path when the store's model has a checked export, else transformers."""
-        fast = self.fast_encoder("image")
-        if fast is not None:
-            return fast.encode_images(images)
-        with _torch_threads(len(images)):
-            out = self.encoder.encode_images(images)
-        self._notice("image")
-        return out
+        return self.queries.encode_images(self.store, images)
 
-    def _notice(self, tower: str) -> None:
-        """Once per searcher: one line on why a tower ran on transformers; a missing text export is written
-        now (seconds) so the next process starts fast; image exports are left to `pixdex index` (minutes)."""
-        why = self._fast_missing.pop(tower, "")
-        if not why:
-            return
-        log = logging.getLogger("pixdex.search")
-        if tower == "image" or CANNOT in why or "PIXDEX_FAST" in why or "not installed" in why:
-            hint = "; `pixdex index` writes it" if tower == "image" and "no fast" in why else ""
-            log.warning("pixdex: %s queries ran on transformers: %s%s", tower, why, hint)
-            return
-        from indexer.onnx_export import ensure_export
-
-        log.warning("pixdex: text queries ran on transformers (%s); writing the text export for next time", why)
-        try:
-            ensure_export(self.encoder, "text")
-        except Exception as exc:  # noqa: BLE001 - the query has its answer; the export is only an offer
-            log.warning("pixdex: could not write the fast text export: %s", str(exc).splitlines()[0][:200])
+    def encode(self, queries: Sequence[Query], template: str | None = None) -> np.ndarray:
+        """Query vectors (float32, L2-normalised), one row per query."""
+        return self.queries.encode(self.store, queries, template, self.id_for_path)
 
     # ---- public queries ---------------------------------------------------------------------
     def search(self, queries: Any, k: int | None = 10, threshold: float | None = None, where: str | None = None,
@@ -250,9 +151,7 @@ class Searcher:
 
     def search_text(self, texts: str | Sequence[str], template: str | None = None, **kw):
         """Rank by free text (never parsed as a mix or a path); template like 'a photo of {}'."""
-        batch = not isinstance(texts, str)
-        if batch and not isinstance(texts, Sequence):
-            raise InvalidType(f"search_text takes a string or a list of strings, got {type(texts).__name__}")
+        batch = _is_batch(texts)
         items = list(texts) if batch else [texts]
         for t in items:
             if not isinstance(t, str):
@@ -264,7 +163,7 @@ class Searcher:
 
     def search_image(self, images: Any, **kw):
         """Rank by image: a path, URL, PIL image or bytes (or a list of them)."""
-        batch = isinstance(images, (list, tuple))
+        batch = _is_batch(images)
         items = list(images) if batch else [images]
         qs = [Query((Term("image", os.fspath(i) if isinstance(i, os.PathLike) else i),),
                     label=str(i) if isinstance(i, (str, os.PathLike)) else "") for i in items]
@@ -272,15 +171,15 @@ class Searcher:
 
     def search_embedding(self, vectors: np.ndarray, **kw):
         """Rank by raw embedding(s): a 1-d vector or a 2-d batch (normalised here)."""
-        vectors = _as_embeddings(vectors, self.store.dim)
-        if vectors.ndim == 1:
+        vectors = as_embeddings(vectors, self.store.dim)
+        if not _is_batch(vectors):
             return self.search(Query((Term("embedding", vectors),)), **kw)
         return self.search([Query((Term("embedding", v),)) for v in vectors], **kw)
 
     def more_like(self, item: int | str | Sequence[int | str], k: int | None = 10, exclude_self: bool = True,
                   **kw):
         """Items similar to a stored item, given by id or by stored path (the item itself left out)."""
-        batch = isinstance(item, (list, tuple))
+        batch = _is_batch(item)
         items = list(item) if batch else [item]
         qs, selves = [], []
         for it in items:
@@ -294,8 +193,8 @@ class Searcher:
         arrange = self.arrangement(kw.pop("sort", None), kw.pop("columns", None))
         results = self.search(qs, k=deeper, **kw)
         if exclude_self:
-            results = [_rerank([h for h in hits if h.id != me])[:k] if k is not None
-                       else _rerank([h for h in hits if h.id != me]) for hits, me in zip(results, selves)]
+            results = [rerank([h for h in hits if h.id != me])[:k] if k is not None
+                       else rerank([h for h in hits if h.id != me]) for hits, me in zip(results, selves)]
         results = [self.arrange(hits, *arrange) for hits in results]
         return results if batch else results[0]
 
@@ -320,48 +219,7 @@ class Searcher:
             h.values = v
         return order_hits(hits, values, order)
 
-    # ---- encoding ---------------------------------------------------------------------------
-    def encode(self, queries: Sequence[Query], template: str | None = None) -> np.ndarray:
-        """Query vectors (float32, L2-normalised), one row per query; encoders run once per batch."""
-        texts: dict[str, int] = {}
-        images: dict[Any, int] = {}
-        image_list: list[Any] = []
-        ids: dict[int, int] = {}
-        for q in queries:
-            for t in q.terms:
-                if t.kind == "text":
-                    texts.setdefault(_apply_template(t.value, template), len(texts))
-                elif t.kind == "image":
-                    key = t.value if isinstance(t.value, str) else id(t.value)
-                    if key not in images:
-                        images[key] = len(image_list)
-                        image_list.append(t.value)
-                elif t.kind in ("id", "like"):
-                    ident = t.value if t.kind == "id" else self.id_for_path(t.value)
-                    ids.setdefault(ident, len(ids))
-        dim = self.store.dim
-        text_emb = self.encode_texts(list(texts)) if texts else None
-        image_emb = self.encode_images(image_list) if image_list else None
-        id_emb = _normalise(self.store.vectors(np.array(list(ids), np.int64))) if ids else None
-        out = np.zeros((len(queries), dim), np.float32)
-        for row, q in enumerate(queries):
-            v = np.zeros(dim, np.float64)
-            for t in q.terms:
-                if t.kind == "text":
-                    e = text_emb[texts[_apply_template(t.value, template)]]
-                elif t.kind == "image":
-                    e = image_emb[images[t.value if isinstance(t.value, str) else id(t.value)]]
-                elif t.kind in ("id", "like"):
-                    e = id_emb[ids[t.value if t.kind == "id" else self.id_for_path(t.value)]]
-                else:
-                    e = _check_embedding(t.value, dim)
-                v += t.weight * e
-            norm = np.linalg.norm(v)
-            if norm < 1e-6:
-                raise PixdexError(f"query {q.label!r} cancels out to a zero vector")
-            out[row] = v / norm
-        return out
-
+    # ---- lookups ----------------------------------------------------------------------------
     def id_for_path(self, path: str) -> int:
         """The store id of a stored path (absolute file path or dataset key)."""
         if self._path_ids is None:
@@ -385,42 +243,12 @@ class Searcher:
             if len(self._scope_cache) > 32:
                 self._scope_cache.clear()
             try:
-                scope = self._make_scope(where, path_glob, path_prefix)
+                scope = self.candidates.make_scope(where, path_glob, path_prefix)
             except FileNotFoundError:  # later writers swept this old snapshot's tables: move to the latest
                 self.refresh()
-                scope = self._make_scope(where, path_glob, path_prefix)
+                scope = self.candidates.make_scope(where, path_glob, path_prefix)
             self._scope_cache[key] = scope
         return self._scope_cache[key]
-
-    def _make_scope(self, where, path_glob, path_prefix) -> Scope:
-        store = self.store
-        ids = None
-        if where or path_glob or path_prefix:
-            flt = parse_filter(where) if where else None  # syntax errors before reading metadata
-            meta = store.metadata()
-            keep = np.ones(meta.num_rows, dtype=bool)
-            if flt is not None:
-                keep &= flt.mask(meta)
-            if path_glob or path_prefix:
-                keep &= path_mask(meta["path"], path_glob, path_prefix)
-            ids = np.sort(id_array(meta["id"])[keep])
-        n = store.count if ids is None else len(ids)
-        if self._index is None:
-            return Scope(n, ids, exact=True)
-        if ids is not None and (n <= EXACT_SUBSET or (self.index_type == "flat" and 4 * n < store.count)):
-            return Scope(n, ids, exact=True)
-        live = store.ids() if (ids is None and self._stale) else ids
-        tail = None
-        if self._stale:
-            all_live = store.ids() if live is None else live
-            tail = all_live[all_live > self._indexed_max]
-        if ids is None and not self._stale:
-            return Scope(n, None)
-        indexed = live[live <= self._indexed_max]
-        selector, keep = _bitmap_selector(indexed, self._indexed_max + 1)
-        fraction = max(len(indexed), 1) / max(int(self._index.ntotal), 1)
-        return Scope(n, ids, selector, tail if tail is not None and len(tail) else None, keep=keep,
-                     fraction=min(1.0, fraction))
 
     # ---- the search -------------------------------------------------------------------------
     def _search_queries(self, queries, k, threshold, where, path_glob, path_prefix, dedup, template):
@@ -449,194 +277,12 @@ class Searcher:
                        dedup: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(ids, exact cosine scores) per query row of Q, best first, ties by id."""
         _validate(k, threshold, dedup)
-        scope = scope or self.scope()
-        Q = np.ascontiguousarray(Q, dtype=np.float32)
-        if scope.n == 0:
-            return [(np.zeros(0, np.int64), np.zeros(0)) for _ in Q]
-        if k is None:
-            cands = self._range_candidates(Q, threshold, scope)
-            return [self._finish(Q[i], c, threshold, dedup, None)[:2] for i, c in enumerate(cands)]
-        want = min(k, scope.n)
-        depth = min(scope.n, self._first_depth(k, dedup))
-        boost = 1
-        results: list = [None] * len(Q)
-        pending = list(range(len(Q)))
-        while pending:
-            exact = scope.exact or depth >= scope.n or boost > MAX_BOOST
-            sub = Q[pending]
-            cands = self._exact(sub, depth, scope.ids) if exact else self._knn(sub, depth, scope, boost)
-            still = []
-            for j, qi in enumerate(pending):
-                ids, scores, lowest = self._finish(Q[qi], cands[j], threshold, dedup, k)
-                complete = exact and depth >= scope.n
-                beyond = threshold is not None and lowest < threshold
-                if len(ids) >= want or complete or beyond:
-                    results[qi] = (ids, scores)
-                else:
-                    still.append(qi)
-            pending = still
-            depth = min(scope.n, depth * 4)
-            boost *= 4
-        return results
-
-    def _first_depth(self, k: int, dedup: float | None) -> int:
-        """Candidates fetched per query: a margin over k (ties, dedup), more for PQ's coarse scores."""
-        depth = 2 * k + 10
-        if self.index_type == "ivfpq":
-            depth = max(depth, rescore_depth(k))  # the depth the indexer tuned nprobe for
-        if dedup is not None:
-            depth *= 2
-        return depth
-
-    def _search_params(self, scope: Scope, depth: int, boost: float, probes: int | None = None):
-        """FAISS search parameters: the manifest's nprobe/efSearch, widened for filters and deepening.
-
-        A filter keeping a fraction f of the items widens the search by 1/f, so about as many eligible
-        vectors are visited as an unfiltered search would visit.
-        """
-        import faiss
-
-        kind, selector = self.index_type, scope.selector
-        widen = boost / max(scope.fraction, 1e-6)
-        if kind == "hnsw":
-            ef = max(math.ceil(int(self._params.get("efSearch", 16)) * widen), depth)
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=min(ef, MAX_EF))
-        if kind in ("ivf", "ivfpq"):
-            nlist = int(self.store.index_info.get("nlist") or ivf_of(self._index).nlist)
-            nprobe = min(nlist, probes or math.ceil(int(self._params.get("nprobe", 1)) * widen))
-            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
-
-    def _knn(self, Q: np.ndarray, depth: int, scope: Scope, boost: int, probes: int | None = None) -> list[np.ndarray]:
-        """Candidate ids per query from the index (plus exact candidates among not-yet-indexed ids)."""
-        params = self._search_params(scope, depth, boost, probes)
-        with _faiss_threads(len(Q)):
-            _, labels = self._index.search(Q, depth, params=params)
-        cands = [row[row >= 0] for row in labels]
-        if scope.tail is not None:
-            extra = self._exact(Q, min(depth, len(scope.tail)), scope.tail)
-            cands = [np.concatenate([a, b]) for a, b in zip(cands, extra)]
-        return cands
+        return self.candidates.search(Q, k, threshold, scope or self.scope(), dedup)
 
     def neighbour_candidates(self, Q: np.ndarray, depth: int, probes: int | None = None
                              ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Approximate top-`depth` neighbours of each query row over every live item, for bulk tools (the
-        duplicate finder) that rescore only the few pairs that matter: (ids [nq, m], scores [nq, m], slack).
-
-        ids are -1 where there are fewer; scores are the index's (exact for flat, IVF-Flat and HNSW; PQ ones
-        may be off by up to `slack`). probes: IVF lists to visit instead of the tuned nprobe.
-        """
-        Q = np.ascontiguousarray(Q, dtype=np.float32)
-        scope = self.scope()
-        depth = max(1, min(depth, scope.n))
-        if scope.n == 0:
-            return np.full((len(Q), 1), -1, np.int64), np.full((len(Q), 1), -np.inf, np.float32), 0.0
-        if scope.exact:
-            ids, scores = self._exact_scored(Q, depth, scope.ids)
-            return ids, scores, 1e-4
-        params = self._search_params(scope, depth, 1, probes)
-        with _faiss_threads(len(Q)):
-            scores, ids = self._index.search(Q, depth, params=params)
-        if scope.tail is not None:
-            t_ids, t_scores = self._exact_scored(Q, min(depth, len(scope.tail)), scope.tail)
-            ids, scores = np.hstack([ids, t_ids]), np.hstack([scores, t_scores])
-        return ids, scores, RANGE_SLACK.get(self.index_type, 1e-3)
-
-    def _exact_scored(self, Q: np.ndarray, depth: int, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-`depth` (ids, scores) per query over the given ids (or all live items), -1 padded."""
-        best_ids = np.full((len(Q), depth), -1, np.int64)
-        best = np.full((len(Q), depth), -np.inf, np.float32)
-        for block_ids, vecs in self._blocks(ids):
-            s = np.hstack([best, Q @ vecs.T])
-            b = np.hstack([best_ids, np.broadcast_to(block_ids, (len(Q), len(block_ids)))])
-            top = np.argpartition(-s, depth - 1, axis=1)[:, :depth] if s.shape[1] > depth else np.arange(s.shape[1])[None]
-            best = np.take_along_axis(s, top, axis=1) if s.shape[1] > depth else s
-            best_ids = np.take_along_axis(b, top, axis=1) if s.shape[1] > depth else b
-        return best_ids, best
-
-    def _range_candidates(self, Q: np.ndarray, threshold: float, scope: Scope) -> list[np.ndarray]:
-        """Candidate ids per query scoring about >= threshold (FAISS range search or deepening)."""
-        slack = RANGE_SLACK.get(self.index_type, 1e-4)
-        if scope.exact:
-            return self._exact_range(Q, threshold - 1e-4, scope.ids)
-        if self.index_type in ("flat", "ivf", "ivfpq"):
-            params = self._search_params(scope, 0, RANGE_BOOST)
-            with _faiss_threads(len(Q)):
-                lims, _, labels = self._index.range_search(Q, float(threshold - slack), params=params)
-            cands = [labels[lims[i]:lims[i + 1]] for i in range(len(Q))]
-        else:  # HNSW: no reliable range search; deepen a k-NN search until it passes the threshold
-            cands = []
-            for q in Q:
-                depth = 256
-                while True:
-                    if depth >= scope.n // 4:
-                        cands.append(self._exact_range(q[None], threshold - 1e-4, scope.ids)[0])
-                        break
-                    params = self._search_params(scope, depth, 1)
-                    with _faiss_threads(1):
-                        dist, labels = self._index.search(q[None], depth, params=params)
-                    got = labels[0] >= 0
-                    if got.sum() < depth or dist[0][got].min() < threshold - slack:
-                        cands.append(labels[0][got])
-                        break
-                    depth *= 4
-        if scope.tail is not None:
-            extra = self._exact_range(Q, threshold - 1e-4, scope.tail)
-            cands = [np.concatenate([a, b]) for a, b in zip(cands, extra)]
-        return cands
-
-    def _blocks(self, ids: np.ndarray | None):
-        """(ids, float32 vectors) blocks over the given ids, or over every live item."""
-        if ids is None:
-            for block_ids, emb in self.store.iter_embeddings(BATCH_ROWS):
-                yield block_ids, emb.astype(np.float32)
-            return
-        for start in range(0, len(ids), BATCH_ROWS):
-            chunk = ids[start:start + BATCH_ROWS]
-            yield chunk, self.store.vectors(chunk)
-
-    def _exact(self, Q: np.ndarray, depth: int, ids: np.ndarray | None) -> list[np.ndarray]:
-        """Exact top-`depth` candidate ids per query over the given ids (or all live items)."""
-        best_ids = [np.zeros(0, np.int64) for _ in Q]
-        best_scores = [np.zeros(0, np.float32) for _ in Q]
-        for block_ids, vecs in self._blocks(ids):
-            scores = Q @ vecs.T
-            for i in range(len(Q)):
-                s = np.concatenate([best_scores[i], scores[i]])
-                b = np.concatenate([best_ids[i], block_ids])
-                if len(s) > depth:
-                    top = np.argpartition(-s, depth - 1)[:depth]
-                    s, b = s[top], b[top]
-                best_scores[i], best_ids[i] = s, b
-        return best_ids
-
-    def _exact_range(self, Q: np.ndarray, radius: float, ids: np.ndarray | None) -> list[np.ndarray]:
-        found = [[] for _ in Q]
-        for block_ids, vecs in self._blocks(ids):
-            scores = Q @ vecs.T
-            for i in range(len(Q)):
-                found[i].append(block_ids[scores[i] >= radius])
-        return [np.concatenate(f) if f else np.zeros(0, np.int64) for f in found]
-
-    def _finish(self, q: np.ndarray, cand: np.ndarray, threshold, dedup, k):
-        """Exact rescoring of candidates: (ids, scores, lowest candidate score), best first, ties by id."""
-        ids = np.unique(np.asarray(cand, np.int64))
-        if not len(ids):
-            return ids, np.zeros(0), -np.inf
-        vecs = self.store.vectors(ids).astype(np.float64)
-        scores = vecs @ q.astype(np.float64)
-        order = np.lexsort((ids, -scores))
-        ids, scores, vecs = ids[order], scores[order], vecs[order]
-        lowest = float(scores[-1])
-        if threshold is not None:
-            keep = scores >= threshold
-            ids, scores, vecs = ids[keep], scores[keep], vecs[keep]
-        if dedup is not None and len(ids) > 1:
-            keep = _dedup(vecs, dedup, k)
-            ids, scores = ids[keep], scores[keep]
-        if k is not None:
-            ids, scores = ids[:k], scores[:k]
-        return ids, scores, lowest
+        """Approximate neighbours for bulk tools (the duplicate finder); see Candidates.neighbours."""
+        return self.candidates.neighbours(Q, depth, probes)
 
     # ---- paths ------------------------------------------------------------------------------
     def paths(self, ids: np.ndarray) -> list[str]:
@@ -684,112 +330,3 @@ def _validate(k, threshold, dedup) -> None:
         COSINE.check(threshold, "threshold")
     if dedup is not None:
         DEDUP.check(dedup, "dedup")
-
-
-def _as_embeddings(vectors: Any, dim: int) -> np.ndarray:
-    """A 1-d vector or a 2-d batch of `dim` finite numbers as float32 (clear errors, not numpy's)."""
-    try:
-        arr = np.asarray(vectors)
-    except (TypeError, ValueError, OverflowError):  # ragged nesting, odd objects
-        arr = None
-    if arr is None or arr.dtype.kind not in "iuf" or arr.ndim not in (1, 2):
-        raise InvalidType(f"an embedding must be a list of {dim} numbers (or a batch of such lists), got "
-                          f"{describe(vectors) if arr is None or arr.ndim == 0 else f'{arr.ndim}-d {arr.dtype} data'}")
-    if arr.shape[-1] != dim:
-        raise InvalidValue(f"embedding has {arr.shape[-1]} dimensions; the store's model gives {dim}")
-    with np.errstate(over="ignore"):
-        arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise InvalidValue("embedding must hold finite numbers")
-    return arr
-
-
-def _apply_template(text: str, template: str | None) -> str:
-    if not template:
-        return text
-    if "{}" not in template:
-        raise PixdexError(f"template {template!r} needs {{}} where the query text goes, e.g. 'a photo of {{}}'")
-    return template.replace("{}", text)
-
-
-def _normalise(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, np.float32)
-    n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.maximum(n, 1e-12)
-
-
-def _check_embedding(v: Any, dim: int) -> np.ndarray:
-    v = np.asarray(v, np.float32).reshape(-1)
-    if v.shape[0] != dim:
-        raise PixdexError(f"embedding has {v.shape[0]} dimensions; the store's model gives {dim}")
-    if not np.isfinite(v).all() or np.linalg.norm(v) == 0:
-        raise PixdexError("embedding must be finite and non-zero")
-    return _normalise(v)
-
-
-def _dedup(vecs: np.ndarray, threshold: float, k: int | None) -> np.ndarray:
-    """Positions kept when dropping items within `threshold` cosine of a better-ranked kept item."""
-    kept: list[int] = []
-    for i in range(len(vecs)):
-        if kept and float(np.max(vecs[kept] @ vecs[i])) >= threshold:
-            continue
-        kept.append(i)
-        if k is not None and len(kept) >= k:
-            break
-    return np.array(kept, dtype=np.int64)
-
-
-def _rerank(hits: list[Hit]) -> list[Hit]:
-    for r, h in enumerate(hits):
-        h.rank = r + 1
-    return hits
-
-
-_THREADS_LOCK = threading.Lock()
-
-
-@contextmanager
-def _torch_threads(n_items: int):
-    """Encode a handful of queries on one torch thread: a batch this small gains little from more, and on
-    a busy machine (CI runners, a server next to an index job) their spinning costs 5-10x the latency."""
-    if n_items == 0 or n_items > SMALL_BATCH:  # nothing to encode (no torch import), or a real batch
-        yield
-        return
-    import torch
-
-    with _THREADS_LOCK:  # torch's setting is process-wide: set and restore it under one lock
-        before = torch.get_num_threads()
-        if before > 1:
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            if before > 1:
-                torch.set_num_threads(before)
-
-
-@contextmanager
-def _faiss_threads(n_queries: int):
-    """FAISS parallelises over queries: for a few queries extra OpenMP threads only spin (and on a
-    busy machine they cost 10x), so use at most one thread per query, then restore the setting."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    want = max(1, min(before, n_queries))
-    if want != before:
-        faiss.omp_set_num_threads(want)
-    try:
-        yield
-    finally:
-        if want != before:
-            faiss.omp_set_num_threads(before)
-
-
-def _bitmap_selector(ids: np.ndarray, size: int):
-    """A faiss IDSelectorBitmap over ids in [0, size) (returns the selector and its backing array)."""
-    import faiss
-
-    mask = np.zeros(max(size, 1), dtype=bool)
-    mask[ids] = True
-    bits = np.packbits(mask, bitorder="little")
-    return faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)), bits

@@ -13,7 +13,7 @@ from indexer.encoder import ModelInfo
 from indexer.errors import ModelMismatchError, PixdexError
 from indexer.index_build import update_index
 from indexer.store import Store, StoreWriter
-from search import searcher as searcher_mod
+from search import candidates as candidates_mod
 from search.query import parse_query
 from search.searcher import Searcher
 
@@ -110,7 +110,7 @@ def test_batch_equals_one_by_one_and_uses_one_index_call(flat_store):
     qs = ["id:1", "id:2 - 0.5:id:3", "3:id:10 + id:11"]
     singles = [hit_ids(s.search(q, k=7)) for q in qs]
     calls = []
-    real = s._index
+    real = s.candidates.index
 
     class Spy:
         ntotal = real.ntotal
@@ -119,7 +119,7 @@ def test_batch_equals_one_by_one_and_uses_one_index_call(flat_store):
             calls.append(len(a[0]))
             return real.search(*a, **kw)
 
-    s._index = Spy()
+    s.candidates.index = Spy()
     assert [hit_ids(h) for h in s.search(qs, k=7)] == singles
     assert calls == [3]
 
@@ -163,7 +163,7 @@ def allowed_ids(store: Store, mask_fn) -> np.ndarray:
 @pytest.mark.parametrize("force_selector", [False, True])
 def test_filters_return_k_matching_items_exactly(flat_store, monkeypatch, force_selector):
     if force_selector:  # the FAISS id-selector path (normally for large subsets)
-        monkeypatch.setattr(searcher_mod, "EXACT_SUBSET", 0)
+        monkeypatch.setattr(candidates_mod, "EXACT_SUBSET", 0)
     s = Searcher(flat_store)
     q = clustered(1, seed=21)[0]
     cases = [

@@ -14,7 +14,7 @@ import pytest
 from test_search import brute_force, clustered, hit_ids, make_store
 
 from indexer.store import Store
-from search import searcher as searcher_mod
+from search import candidates as candidates_mod
 from search.searcher import Searcher
 
 ANN_DIM = 64
@@ -57,7 +57,7 @@ def test_recall_at_10_meets_the_manifest(ann_store):
 @pytest.mark.slow
 def test_filtered_ann_search_still_returns_k_matching_items(ann_store, monkeypatch):
     _, path = ann_store
-    monkeypatch.setattr(searcher_mod, "EXACT_SUBSET", 0)  # force the FAISS id-selector path
+    monkeypatch.setattr(candidates_mod, "EXACT_SUBSET", 0)  # force the FAISS id-selector path
     s = Searcher(path)
     promised = s.store.index_info["recall_at_10"]
     queries = noisy_queries(s.store, 40, seed=12)
