@@ -48,7 +48,7 @@ def test_labels_csv_columns_and_files(tmp_path):
         reader = csv.reader(fh)
         header = next(reader)
         rows = [dict(zip(header, r)) for r in reader]
-    assert header == ["file", "color", "shape", "size", "position", "caption"]
+    assert header == ["file", "color", "shape", "size", "position", "background", "caption"]
     assert len(rows) == 80
     exts = {Path(r["file"]).suffix for r in rows}
     assert exts == {".jpg", ".png"}
@@ -63,6 +63,8 @@ def test_labels_csv_columns_and_files(tmp_path):
             assert o["color"] in world.COLORS and o["shape"] in world.SHAPES
             assert o["size"] in world.SIZES and o["position"] in world.POSITIONS
             assert f"{o['size']} {o['color']} {o['shape']} {world.POSITION_PHRASE[o['position']]}" in r["caption"]
+        assert r["background"] in world.BACKGROUNDS and r["background"] not in r["caption"]
+    assert {r["background"] for r in rows} == set(world.BACKGROUNDS)
 
 
 def test_two_object_rows(tmp_path):

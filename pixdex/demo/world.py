@@ -8,9 +8,10 @@ with exact labels and a caption::
     a small red circle on the left and a large blue square on the right
 
 `write_collection` writes a folder of mixed JPEG and PNG files plus ``labels.csv`` with the
-columns ``file,color,shape,size,position,caption``; two-object rows list both objects'
-values separated by ``;`` (e.g. color ``red;blue``). The same seed always gives
-byte-identical files.
+columns ``file,color,shape,size,position,background,caption``; two-object rows list both objects'
+values separated by ``;`` (e.g. color ``red;blue``). ``background`` (plain/gradient/noise/stripes)
+is the one attribute no caption names: a task zero-shot prompts cannot solve but examples can.
+The same seed always gives byte-identical files.
 
 `HELDOUT_COMBOS` are the colour-shape pairs that the shipped ``shapes-clip`` model never
 saw during training, so its accuracy on them measures true zero-shot composition.
@@ -79,7 +80,7 @@ HELDOUT_COMBOS: list[tuple[str, str]] = [
 
 ALL_COMBOS: list[tuple[str, str]] = [(c, s) for c in COLORS for s in SHAPES]
 
-LABEL_COLUMNS: list[str] = ["file", "color", "shape", "size", "position", "caption"]
+LABEL_COLUMNS: list[str] = ["file", "color", "shape", "size", "position", "background", "caption"]
 
 # Pairs of positions used by two-object scenes (kept apart so objects never overlap).
 _PAIR_POSITIONS: list[tuple[str, str]] = [("left", "right"), ("top", "bottom")]
@@ -137,6 +138,7 @@ class Scene:
             "shape": ";".join(o.shape for o in self.objects),
             "size": ";".join(o.size for o in self.objects),
             "position": ";".join(o.position for o in self.objects),
+            "background": self.background,
             "caption": self.caption,
         }
 
