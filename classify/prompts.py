@@ -262,6 +262,10 @@ class LabelSet:
         w = np.ascontiguousarray(emb.T * np.float32(self.scoring.logit_scale), dtype=np.float32)
         return w, self.scoring.bias
 
+    def offsets(self, mode: str) -> None:
+        """Per-label logit offsets: none for zero-shot (a classifier taught by examples has them)."""
+        return None
+
 
 def label_thresholds(labels: Sequence[str], threshold: float | None,
                      per_label: dict[str, float] | None = None) -> np.ndarray:

@@ -87,13 +87,17 @@ def top_k_logits(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, in
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1), 0
 
 
-def top_k_block(block: np.ndarray, weights: np.ndarray, scoring: Scoring, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_block(block: np.ndarray, weights: np.ndarray, scoring: Scoring, k: int,
+                offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(label indices [rows, k] int32, scores [rows, k] float32) for one block of stored embeddings.
 
-    weights: label unit embeddings transposed and multiplied by logit_scale ([dim, labels], float32).
+    weights: label unit embeddings transposed and multiplied by logit_scale ([dim, labels], float32);
+    offsets: per-label logit offsets of a classifier taught by examples (None for zero-shot).
     Softmax needs every logit once more: exp(logit - row max) is summed in place over the block.
     """
     logits = unit_rows(block) @ weights
+    if offsets is not None:
+        logits += offsets
     if not scoring.softmax:
         logits += scoring.bias
     idx, vals, masked = top_k_logits(logits, k)
@@ -111,12 +115,16 @@ def top_k_block(block: np.ndarray, weights: np.ndarray, scoring: Scoring, k: int
 
 
 def above_threshold_block(
-    block: np.ndarray, weights: np.ndarray, cuts: np.ndarray, bias: float, max_labels: int | None = None
+    block: np.ndarray, weights: np.ndarray, cuts: np.ndarray, bias: float, max_labels: int | None = None,
+    offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Multi-label hits of one block as CSR: (offsets [rows+1], label indices, scores), each row's
     labels by score descending then label order. Score = sigmoid(logit + bias); a hit when
-    logit >= cuts[label] (cuts = logit(threshold) - bias, so no sigmoid over the whole block)."""
+    logit >= cuts[label] (cuts = logit(threshold) - bias, so no sigmoid over the whole block).
+    `offsets`: per-label logit offsets of a classifier taught by examples (None for zero-shot)."""
     logits = unit_rows(block) @ weights
+    if offsets is not None:
+        logits += offsets
     rows, cols = np.nonzero(logits >= cuts[None, :])
     return hits_to_csr(len(block), rows, cols, logits[rows, cols] + bias, max_labels)
 
@@ -145,12 +153,14 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 # ---- the same kernels in torch (GPU) ---------------------------------------------------------------
 def top_k_block_torch(
-    block: np.ndarray, weights: torch.Tensor, scoring: Scoring, k: int
+    block: np.ndarray, weights: torch.Tensor, scoring: Scoring, k: int, offsets: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """top_k_block on weights' device (ties may come in any order there)."""
     with torch.inference_mode():
         b = torch.from_numpy(np.ascontiguousarray(block)).to(weights.device, non_blocking=True).float()
         logits = torch.nn.functional.normalize(b, dim=1) @ weights
+        if offsets is not None:
+            logits += offsets
         if not scoring.softmax:
             logits += scoring.bias
         vals, idx = logits.topk(min(k, logits.shape[1]), dim=1)
@@ -162,12 +172,15 @@ def top_k_block_torch(
 
 
 def above_threshold_block_torch(
-    block: np.ndarray, weights: torch.Tensor, cuts: torch.Tensor, bias: float, max_labels: int | None = None
+    block: np.ndarray, weights: torch.Tensor, cuts: torch.Tensor, bias: float, max_labels: int | None = None,
+    offsets: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """above_threshold_block with the matmul and comparison on weights' device."""
     with torch.inference_mode():
         b = torch.from_numpy(np.ascontiguousarray(block)).to(weights.device, non_blocking=True).float()
         logits = torch.nn.functional.normalize(b, dim=1) @ weights
+        if offsets is not None:
+            logits += offsets
         rows, cols = torch.nonzero(logits >= cuts[None, :], as_tuple=True)
         vals = logits[rows, cols].float().cpu().numpy()
         rows, cols = rows.cpu().numpy(), cols.cpu().numpy()

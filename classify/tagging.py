@@ -30,7 +30,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from classify.examples import ExamplePlan, as_refs, example_vectors, plan_examples
+from classify.fewshot import Examples, Taught, check_examples, teach
 from classify.prompts import DEFAULT_BACKGROUND, LabelSet, label_thresholds, resolve_templates
+from classify.records import tagger_record
 from classify.scoring import (
     above_threshold_block,
     above_threshold_block_torch,
@@ -39,6 +42,7 @@ from classify.scoring import (
     top_k_block_torch,
 )
 from classify.sinks import FileSink, TagBlock, TagColumns, block_table
+from classify.suggest import check_suggest, suggest_examples
 from indexer.encoder import pick_device, store_encoder
 from indexer.errors import PixdexError
 from indexer.params import BATCH_ROWS, SCORE_THRESHOLD, TOP_K, WORKERS, check_device
@@ -82,6 +86,7 @@ def iter_tag_blocks(
                           f"has dim {store.dim}")
     dev = pick_device(device)
     w, bias = label_set.weights(mode)
+    off = label_set.offsets(mode)
     n_labels = len(label_set.labels)
     if mode == "single":
         k = min(top_k or 1, n_labels)
@@ -90,6 +95,7 @@ def iter_tag_blocks(
         cuts = (logit(thr) - bias).astype(np.float32)
     if dev.type != "cpu":
         wt = torch.from_numpy(w).to(dev)
+        offt = torch.from_numpy(off).to(dev) if off is not None else None
         workers = 1
         if mode == "multi":
             ct = torch.from_numpy(cuts).to(dev)
@@ -100,15 +106,15 @@ def iter_tag_blocks(
         ids, emb = item
         if mode == "single":
             if dev.type != "cpu":
-                idx, sc = top_k_block_torch(emb, wt, label_set.scoring, k)
+                idx, sc = top_k_block_torch(emb, wt, label_set.scoring, k, offt)
             else:
-                idx, sc = top_k_block(emb, w, label_set.scoring, k)
+                idx, sc = top_k_block(emb, w, label_set.scoring, k, off)
             offsets = np.arange(0, len(ids) * k + 1, k, dtype=np.int64)
             return TagBlock(ids, offsets, idx.reshape(-1), sc.reshape(-1))
         if dev.type != "cpu":
-            offsets, idx, sc = above_threshold_block_torch(emb, wt, ct, bias, top_k)
+            offsets, idx, sc = above_threshold_block_torch(emb, wt, ct, bias, top_k, offt)
         else:
-            offsets, idx, sc = above_threshold_block(emb, w, cuts, bias, top_k)
+            offsets, idx, sc = above_threshold_block(emb, w, cuts, bias, top_k, off)
         return TagBlock(ids, offsets, idx, sc)
 
     bar = tqdm(total=store.count, unit="img", unit_scale=True, desc="tagging", disable=not progress,
@@ -196,13 +202,22 @@ class TagSummary:
     out: str | None = None
     save_as: str | None = None
     top_labels: dict = field(default_factory=dict)  # the most common best labels and their counts
+    classifier: dict | None = None  # taught by examples: method, examples per label, strength, cv accuracy
+    suggestions: list = field(default_factory=list)  # images worth labelling next (suggest=N)
 
     def line(self) -> str:
         where = ", ".join(x for x in (self.out and f"wrote {self.out}",
                                        self.save_as and f"saved as tag set '{self.save_as}'") if x)
         return (f"tagged {self.tagged} of {self.images} images against {self.labels} labels "
-                f"({self.mode}-label, {self.templates} template{'s' * (self.templates != 1)}) in "
+                f"({self.mode}-label, {self.templates} template{'s' * (self.templates != 1)}{self.taught()}) in "
                 f"{self.seconds:.1f} s ({self.images_per_second:,.0f} images/s)" + (f"; {where}" if where else ""))
+
+    def taught(self) -> str:
+        if not self.classifier:
+            return ""
+        c = self.classifier
+        cv = f", cross-validated accuracy {c['cv_accuracy']:.3f}" if c.get("cv_accuracy") is not None else ""
+        return f", taught by {sum(c['examples'].values())} examples{cv}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,6 +236,24 @@ def check_tag_params(mode: str, top_k: int | None, threshold: float | None, batc
     if workers is not None:
         WORKERS.check(workers, "workers")
     check_device(device)
+
+
+def check_example_plan(examples, labels: Sequence[str], store: Store, mode: str) -> ExamplePlan | None:
+    """Labelled examples checked against labels and store (no image encoded yet); None without any."""
+    refs = as_refs(examples)
+    if not refs:
+        return None
+    plan = plan_examples(refs, labels, store, multi=mode == "multi")
+    check_examples(labels, Examples(np.zeros((len(plan), 0), np.float32), plan.targets(), mode == "multi"))
+    return plan
+
+
+def teach_label_set(store: Store, encoder, label_set: LabelSet, plan: ExamplePlan | None, mode: str,
+                    thresholds: np.ndarray | None) -> Taught:
+    """The label set taught by the planned examples (no examples: the zero-shot label set, unchanged)."""
+    if plan is None:
+        return Taught(label_set, mode, None, thresholds)
+    return teach(label_set, example_vectors(plan, store, encoder), plan.targets(), mode, thresholds)
 
 
 def check_coverage(store: Store, ids: np.ndarray, name: str) -> None:
@@ -245,6 +278,8 @@ def tag_store(
     threshold: float | None = None,
     thresholds: dict[str, float] | None = None,
     background: str = DEFAULT_BACKGROUND,
+    examples=None,
+    suggest: int = 0,
     out: str | os.PathLike | None = None,
     save_as: str | None = None,
     emit: Callable[[pa.Table], None] | None = None,
@@ -259,6 +294,9 @@ def tag_store(
 
     single mode: top_k best labels per image (default 1). multi mode: labels scoring at least their
     threshold (`thresholds` per label, else `threshold`, else 0.5), at most top_k per image.
+    examples: labelled examples (a CSV of `label,id_or_path` rows, pairs or {label: [...]}, see
+    classify.examples) teach the classifier (classify.fewshot); none: zero-shot. suggest=N lists the N
+    images worth labelling next in summary.suggestions (classify.suggest).
     """
     from classify.prompts import check_labels
 
@@ -269,15 +307,21 @@ def tag_store(
         check_tag_name(save_as, store_columns(st, replacing=save_as))
     tpl = resolve_templates(template, templates, ensemble)
     thr = label_thresholds(labels, threshold, thresholds) if mode == "multi" else None
+    plan = check_example_plan(examples, labels, st, mode)
+    suggest = check_suggest(suggest)
     sink = FileSink(out) if out is not None else None  # checks the path; writes nothing yet
     enc = store_encoder(st, model, device)
-    label_set = LabelSet.build(enc, labels, tpl, background if mode == "multi" else None)
+    label_set = teach_label_set(st, enc, LabelSet.build(enc, labels, tpl, background if mode == "multi" else None),
+                                plan, mode, thr)
+    if mode == "multi":
+        thr = label_set.thresholds
     if mode == "single" and top_k is None:
         top_k = 1
     lists = mode == "multi" or (top_k or 1) > 1
     label_arr = pa.array(labels, pa.string())
     tags = TagColumns(save_as, multi=mode == "multi") if save_as is not None else None
-    summary = TagSummary(str(st.path), mode, len(labels), len(tpl), out=str(out) if out else None, save_as=save_as)
+    summary = TagSummary(str(st.path), mode, len(labels), len(tpl), out=str(out) if out else None, save_as=save_as,
+                         classifier=label_set.info() if label_set.fit is not None else None)
     counts: Counter = Counter()
     paths = ShardPaths(st)
     start = time.perf_counter()
@@ -305,11 +349,16 @@ def tag_store(
         if sink is not None:
             sink.close(ok)
     if tags is not None:
+        record = tagger_record(label_set, mode, thr, top_k, st.model)
         with StoreWriter(st.path) as writer:
             table = tags.table()
             check_coverage(writer.snapshot(), table["id"].to_numpy(), save_as)
             writer.write_tags(save_as, table)
+            writer.write_tagger(save_as, record)
     summary.seconds = time.perf_counter() - start
     summary.images_per_second = summary.images / summary.seconds if summary.seconds > 0 else 0.0
     summary.top_labels = {labels[i]: c for i, c in counts.most_common(10)}
+    if suggest:
+        picks = suggest_examples(st, label_set, suggest, mode, thr, exclude=plan.stored_ids() if plan else ())
+        summary.suggestions = [s.to_dict() for s in picks]
     return summary

@@ -9,6 +9,8 @@ Layout (every file immutable once named in the manifest; the manifest is written
     deleted-GGGGGG.npy             ids of removed rows (sorted int64)
     errors-GGGGGG.parquet          files that could not be indexed: path, reason, bytes, mtime (, path_raw)
     tags/NAME-GGGGGG.parquet       tag columns written by classify --save-as (id + columns)
+    tags/NAME-GGGGGG.tagger.json   the classifier that made tag set NAME (labels, weights, method...), so
+                                   tags can be computed for items added later (manifest "taggers")
     index-GGGGGG.faiss             the FAISS index over live rows, FAISS ids = store ids
 Ids are assigned in order and never reused, so shard k holds the contiguous id range
 [first_id, first_id + rows); the shards (and "gaps", id ranges `pixdex repair` had to drop) tile
@@ -67,7 +69,7 @@ OWNED = re.compile(r"^(\.tmp-.*|index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\
                    r"shards/.*|tags/.*)$")
 # Names a manifest may refer to (anything else, e.g. "../x" or an absolute path, is a damaged manifest).
 NAMED = re.compile(r"^(index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
-                   r"shards/(emb-\d+\.npy|meta-\d+(-g\d+)?\.parquet)|tags/[A-Za-z0-9_.-]+-\d+\.parquet)$")
+                   r"shards/(emb-\d+\.npy|meta-\d+(-g\d+)?\.parquet)|tags/[A-Za-z0-9_.-]+-\d+\.(parquet|tagger\.json))$")
 SHARD_FILE = re.compile(r"^(emb|meta)-(\d+)(-g\d+)?\.(npy|parquet)$")
 MODEL_KEY = b"pixdex.model"  # metadata parquet files carry the model record (repair without a manifest)
 
@@ -150,6 +152,7 @@ def referenced_files(m: dict) -> set[str]:
         names.add(index["file"])
         names.update(index.get("files") or [])  # sharded indexes: parts or the .ivfdata file
     names.update((m.get("tags") or {}).values())
+    names.update((m.get("taggers") or {}).values())
     return names
 
 
@@ -360,6 +363,7 @@ class Store:
         checks = [(s["embeddings"], lambda k=k: self._map_embeddings(k)) for k, s in enumerate(self._shards)]
         checks += [(s["metadata"], lambda k=k: self.read_shard_metadata(k)) for k, s in enumerate(self._shards)]
         checks += [(f, lambda f=f: self._read_tags_file(f)) for f in (self.manifest.get("tags") or {}).values()]
+        checks += [(f, lambda f=f: self._read_tagger_file(f)) for f in (self.manifest.get("taggers") or {}).values()]
         if self.manifest.get("errors"):
             checks.append((self.manifest["errors"], self._error_table))
         if self.index_info.get("file"):
@@ -545,6 +549,37 @@ class Store:
         if "id" not in tags.column_names or tags["id"].type != pa.int64():
             raise self.damaged(rel, "has no int64 'id' column")
         return tags
+
+    def _read_tagger_file(self, rel: str) -> dict:
+        self.probe(rel)
+        try:
+            record = json.loads((self.path / rel).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise self.missing(rel) from None
+        except (OSError, ValueError) as exc:
+            raise self.damaged(rel, f"not a readable JSON file ({_first_line(exc)})") from None
+        if not isinstance(record, dict):
+            raise self.damaged(rel, "is not a JSON object")
+        return record
+
+    def tag_table(self, name: str) -> pa.Table:
+        """The stored columns of tag set `name` (id + its columns), as saved."""
+        file = (self.manifest.get("tags") or {}).get(name)
+        if file is None:
+            raise PixdexError(f"store {self.path} has no tag set {name!r} (it has: {', '.join(self.tag_sets()) or 'none'})")
+        return self._read_tags_file(file)
+
+    def taggers(self) -> list[str]:
+        """Tag sets saved with their classifier record (recomputable for new items)."""
+        return sorted(self.manifest.get("taggers") or {})
+
+    def tagger(self, name: str) -> dict:
+        """The classifier record saved with tag set `name` (a JSON object; classify reads its fields)."""
+        file = (self.manifest.get("taggers") or {}).get(name)
+        if file is None:
+            raise PixdexError(f"store {self.path} has no saved tagger {name!r} "
+                              f"(it has: {', '.join(self.taggers()) or 'none'})")
+        return self._read_tagger_file(file)
 
     def item(self, id: int) -> dict:
         """One item's metadata as a dict."""
@@ -866,6 +901,16 @@ class StoreWriter:
         rel = self._fresh(f"tags/{name}-{gen:06d}.parquet")
         save_parquet(self.path / rel, table)
         self.manifest.setdefault("tags", {})[name] = rel
+        self._dirty = True
+
+    def write_tagger(self, name: str, record: dict) -> None:
+        """Store the classifier record (JSON-able) of tag set `name`, replacing an earlier one."""
+        if name not in (self.manifest.get("tags") or {}):
+            raise PixdexError(f"tagger {name!r} needs its tag set: write_tags first")
+        gen = self.manifest["generation"] + 1
+        rel = self._fresh(f"tags/{name}-{gen:06d}.tagger.json")
+        save_json(self.path / rel, record)
+        self.manifest.setdefault("taggers", {})[name] = rel
         self._dirty = True
 
     def set_index(self, info: dict) -> None:

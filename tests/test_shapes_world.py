@@ -48,7 +48,7 @@ def test_labels_csv_columns_and_files(tmp_path):
         reader = csv.reader(fh)
         header = next(reader)
         rows = [dict(zip(header, r)) for r in reader]
-    assert header == ["file", "color", "shape", "size", "position", "background", "caption"]
+    assert header == ["file", "color", "shape", "size", "position", "palette", "background", "caption"]
     assert len(rows) == 80
     exts = {Path(r["file"]).suffix for r in rows}
     assert exts == {".jpg", ".png"}
@@ -64,6 +64,8 @@ def test_labels_csv_columns_and_files(tmp_path):
             assert o["size"] in world.SIZES and o["position"] in world.POSITIONS
             assert f"{o['size']} {o['color']} {o['shape']} {world.POSITION_PHRASE[o['position']]}" in r["caption"]
         assert r["background"] in world.BACKGROUNDS and r["background"] not in r["caption"]
+        assert r["palette"] == ";".join(world.PALETTE[c] for c in r["color"].split(";"))
+        assert not {"warm", "cool"} & set(r["caption"].split())
     assert {r["background"] for r in rows} == set(world.BACKGROUNDS)
 
 

@@ -23,7 +23,9 @@ def register(sub) -> None:
                        description="Score images against candidate labels exactly like transformers' "
                        "zero-shot-image-classification pipeline (same scores, same order).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image path, http(s) URL or base64 string")
-    p.add_argument("--labels", required=True, help="comma-separated candidate labels, e.g. circle,square,star")
+    p.add_argument("--labels", default=None, help="comma-separated candidate labels, e.g. circle,square,star")
+    p.add_argument("--tagger", default=None, metavar="STORE:NAME",
+                   help="apply the tagger saved in STORE by `classify --save-as NAME` instead of --labels")
     p.add_argument("--template", default=None, help='hypothesis template (default "This is a photo of {}.")')
     p.add_argument("--top-k", type=TOP_K.arg(), default=None, help="only the K best labels per image")
     p.add_argument("--timeout", type=TIMEOUT.arg(), default=None, help="seconds to wait for an image URL (default 10)")
@@ -48,7 +50,13 @@ def register(sub) -> None:
                    '(default "something")')
     q.add_argument("--out", "-o", type=output_file_arg, default=None, metavar="FILE", help="write FILE.parquet, FILE.csv or FILE.jsonl")
     q.add_argument("--save-as", default=None, metavar="NAME",
-                   help="store the tags in the store as columns NAME and NAME_score (search --where can filter)")
+                   help="store the tags in the store as columns NAME and NAME_score (search --where can filter), "
+                   "with the classifier, so `pixdex index` tags images added later")
+    q.add_argument("--examples", default=None, metavar="CSV",
+                   help="teach the labels by example: rows label,id_or_path (stored ids or image files); "
+                   "the classifier starts from the zero-shot one and moves as far as the examples justify")
+    q.add_argument("--suggest", type=int, default=0, metavar="N",
+                   help="also list the N stored images whose labels would help most (least certain, spread out)")
     q.add_argument("--batch-rows", type=BATCH_ROWS.arg(), default=4096,
                    help="embeddings per block (memory bound; default 4096)")
     q.add_argument("--model", default=None, help="model (default: the store's own)")
@@ -114,12 +122,17 @@ def run_classify_image(args) -> int:
     from classify.classifier import ZeroShotClassifier
     from classify.prompts import DEFAULT_TEMPLATE, split_labels
 
-    labels = split_labels(args.labels)
-    if not labels:
-        raise PixdexError(f"--labels {args.labels!r} holds no label")
-    clf = ZeroShotClassifier(args.model, device=args.device)
-    results = clf(args.images if len(args.images) > 1 else args.images[0], candidate_labels=labels,
-                  hypothesis_template=args.template or DEFAULT_TEMPLATE, top_k=args.top_k, timeout=args.timeout)
+    if (args.labels is None) == (args.tagger is None):
+        raise PixdexError("give --labels or --tagger STORE:NAME (one of them)")
+    if args.tagger is not None:
+        results = run_saved_tagger(args)
+    else:
+        labels = split_labels(args.labels)
+        if not labels:
+            raise PixdexError(f"--labels {args.labels!r} holds no label")
+        clf = ZeroShotClassifier(args.model, device=args.device)
+        results = clf(args.images if len(args.images) > 1 else args.images[0], candidate_labels=labels,
+                      hypothesis_template=args.template or DEFAULT_TEMPLATE, top_k=args.top_k, timeout=args.timeout)
     if args.json:
         print_json(results)
         return 0
@@ -130,6 +143,16 @@ def run_classify_image(args) -> int:
         for r in res:
             print(f"{r['score']:.4f}  {r['label']}")
     return 0
+
+
+def run_saved_tagger(args) -> list:
+    """classify-image --tagger: the saved tagger's labels for each image (one list, or one per image)."""
+    from classify.taggers import classify_images
+
+    if args.template is not None:
+        raise PixdexError("--template does not apply to a saved tagger (it keeps its own prompts)")
+    results = classify_images(args.tagger, args.images, top_k=args.top_k, device=args.device)
+    return results if len(args.images) > 1 else results[0]
 
 
 def run_classify(args) -> int:
@@ -153,13 +176,20 @@ def run_classify(args) -> int:
     summary = tag_store(
         args.store, labels, **read_template_args(args), mode=args.mode, top_k=args.top_k,
         threshold=args.threshold, thresholds=thresholds, background=args.background or DEFAULT_BACKGROUND,
+        examples=args.examples, suggest=args.suggest,
         out=args.out, save_as=args.save_as, emit=emit, model=args.model, device=args.device,
         batch_rows=args.batch_rows, progress=not args.no_progress,
     )
     if args.json:
         print_json(summary.to_dict())
-    else:
-        print(summary.line(), file=sys.stderr if emit is not None else sys.stdout)
+        return 0
+    where = sys.stderr if emit is not None else sys.stdout
+    print(summary.line(), file=where)
+    if summary.suggestions:
+        print(f"label these next ({len(summary.suggestions)} least certain, spread over the collection):", file=where)
+        for s in summary.suggestions:
+            other = f" / {s['runner_up']}" if s["runner_up"] else ""
+            print(f"  {s['id']}\t{s['path']}\t{s['label']}{other}\tmargin {s['margin']:.3f}", file=where)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 
 from indexer.models import DEFAULT_MODEL
 from indexer.params import (
@@ -89,15 +90,29 @@ def run_index(args) -> int:
         progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
         gpus_per_worker=args.gpus_per_worker,
     )
+    refreshed = refresh_saved_tags(args.out)
     if args.json:
-        print_json(summary.to_dict())
+        print_json({**summary.to_dict(), "tag_sets": [asdict(r) for r in refreshed]})
     else:
         print(summary.line())
+        for r in refreshed:
+            print(r.line())
         idx = summary.index
         if idx.get("type"):
             print(f"index: {idx.get('factory')} ({idx.get('type')}), recall@10 {idx.get('recall_at_10')}, "
                   f"params {idx.get('params') or '-'}")
     return 0
+
+
+def refresh_saved_tags(out: str) -> list:
+    """Tag the new items of every tag set saved with its classifier (classify --save-as)."""
+    from classify.taggers import refresh_tag_sets
+    from indexer.store import Store, is_store
+
+    if not is_store(out):  # a remote store: published as indexed; refresh it with a local copy
+        return []
+    store = Store.open(out)
+    return refresh_tag_sets(store) if store.taggers() else []
 
 
 def store_info(store) -> dict:

@@ -18,7 +18,7 @@ def register(sub) -> None:
         help="write a labelled demo collection of generated shape images",
         description=(
             "Write COUNT generated images (mixed JPEG and PNG) of coloured shapes plus labels.csv "
-            "(file,color,shape,size,position,background,caption) into DIR. The same seed gives identical files."
+            "(file,color,shape,size,position,palette,background,caption) into DIR. The same seed gives identical files."
         ),
     )
     p.add_argument("dir", metavar="DIR", help="output folder (created if missing)")

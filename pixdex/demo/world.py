@@ -8,10 +8,10 @@ with exact labels and a caption::
     a small red circle on the left and a large blue square on the right
 
 `write_collection` writes a folder of mixed JPEG and PNG files plus ``labels.csv`` with the
-columns ``file,color,shape,size,position,background,caption``; two-object rows list both objects'
-values separated by ``;`` (e.g. color ``red;blue``). ``background`` (plain/gradient/noise/stripes)
-is the one attribute no caption names: a task zero-shot prompts cannot solve but examples can.
-The same seed always gives byte-identical files.
+columns ``file,color,shape,size,position,palette,background,caption``; two-object rows list both
+objects' values separated by ``;`` (e.g. color ``red;blue``). Two columns are words no caption uses:
+``palette`` (warm/cool, a grouping of the colours, like a user's own category) and ``background``
+(plain/gradient/noise/stripes). The same seed always gives byte-identical files.
 
 `HELDOUT_COMBOS` are the colour-shape pairs that the shipped ``shapes-clip`` model never
 saw during training, so its accuracy on them measures true zero-shot composition.
@@ -47,6 +47,9 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
     "pink": (245, 125, 195),
 }
 
+# A grouping of the colours that no caption names (so zero-shot prompts cannot know it).
+PALETTE: dict[str, str] = {c: "warm" if c in ("red", "orange", "yellow", "pink") else "cool" for c in COLORS}
+
 # Circumradius of an object as a fraction of the image side.
 SIZE_RADIUS: dict[str, float] = {"small": 0.14, "medium": 0.2, "large": 0.26}
 
@@ -80,7 +83,7 @@ HELDOUT_COMBOS: list[tuple[str, str]] = [
 
 ALL_COMBOS: list[tuple[str, str]] = [(c, s) for c in COLORS for s in SHAPES]
 
-LABEL_COLUMNS: list[str] = ["file", "color", "shape", "size", "position", "background", "caption"]
+LABEL_COLUMNS: list[str] = ["file", "color", "shape", "size", "position", "palette", "background", "caption"]
 
 # Pairs of positions used by two-object scenes (kept apart so objects never overlap).
 _PAIR_POSITIONS: list[tuple[str, str]] = [("left", "right"), ("top", "bottom")]
@@ -138,6 +141,7 @@ class Scene:
             "shape": ";".join(o.shape for o in self.objects),
             "size": ";".join(o.size for o in self.objects),
             "position": ";".join(o.position for o in self.objects),
+            "palette": ";".join(PALETTE[o.color] for o in self.objects),
             "background": self.background,
             "caption": self.caption,
         }
@@ -434,6 +438,7 @@ __all__ = [
     "HELDOUT_COMBOS",
     "LABEL_COLUMNS",
     "POSITIONS",
+    "PALETTE",
     "POSITION_PHRASE",
     "SHAPES",
     "SIZES",
