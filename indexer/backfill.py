@@ -20,8 +20,14 @@ from indexer.sources import item_bytes
 from indexer.store import Store, StoreWriter
 
 
-def fill_photo_columns(writer: StoreWriter, snap: Store, scanned: dict[str, SourceItem], skip: set[str],
-                       log: Callable[[str], None], progress: bool = True) -> tuple[int, int]:
+def fill_photo_columns(
+    writer: StoreWriter,
+    snap: Store,
+    scanned: dict[str, SourceItem],
+    skip: set[str],
+    log: Callable[[str], None],
+    progress: bool = True,
+) -> tuple[int, int]:
     """Set the photo columns of stored rows whose shards lack them; returns (rows filled, rows with warnings).
 
     A row is read when its file was scanned now (and is not in `skip`: changed or gone paths), or is a
@@ -31,7 +37,9 @@ def fill_photo_columns(writer: StoreWriter, snap: Store, scanned: dict[str, Sour
     if not shards:
         return 0, 0
     meta = snap.metadata().select(["id", "path", "bytes", "mtime"])
-    ranges = [(s["first_id"], s["first_id"] + s["rows"]) for s in (snap.manifest["shards"][k] for k in shards)]
+    ranges = [
+        (s["first_id"], s["first_id"] + s["rows"]) for s in (snap.manifest["shards"][k] for k in shards)
+    ]
     ids = meta["id"].to_numpy()
     keep = np.zeros(len(ids), bool)
     for lo, hi in ranges:
@@ -40,8 +48,14 @@ def fill_photo_columns(writer: StoreWriter, snap: Store, scanned: dict[str, Sour
     for row in rows:  # file names that are not UTF-8: the name the OS takes
         row["path"] = snap.real_path(row["path"])
     filled = warned = 0
-    bar = tqdm(rows, unit="img", desc="photo metadata", disable=not progress or len(rows) < 100, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        rows,
+        unit="img",
+        desc="photo metadata",
+        disable=not progress or len(rows) < 100,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for row in bar:
         photo = _read(row, scanned, skip)
         if photo is None:

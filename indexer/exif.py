@@ -19,21 +19,21 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-import pyarrow as pa
 from PIL import Image
 
-# The store's typed photo columns, in order (width/height are base columns; mtime stays separate).
-PHOTO_SCHEMA = pa.schema([
-    ("taken", pa.timestamp("s")),  # capture time as shown on the camera's clock (local wall time)
-    ("taken_offset", pa.string()),  # that clock's UTC offset, "+02:00", when the file gives it
-    ("camera_make", pa.string()),
-    ("camera_model", pa.string()),
-    ("lens", pa.string()),
-    ("gps_lat", pa.float64()),  # decimal degrees, north positive
-    ("gps_lon", pa.float64()),  # decimal degrees, east positive
-    ("orientation", pa.int8()),  # EXIF orientation 1-8 (already applied to width/height and pixels)
-])
-PHOTO_COLUMNS = tuple(PHOTO_SCHEMA.names)
+# The store's typed photo columns, in order (width/height are base columns; mtime stays separate); the
+# store maps these kinds to Arrow types (indexer.store.PHOTO_SCHEMA), so decoding needs no pyarrow.
+PHOTO_KINDS = {
+    "taken": "timestamp",  # capture time as shown on the camera's clock (local wall time)
+    "taken_offset": "text",  # that clock's UTC offset, "+02:00", when the file gives it
+    "camera_make": "text",
+    "camera_model": "text",
+    "lens": "text",
+    "gps_lat": "float",  # decimal degrees, north positive
+    "gps_lon": "float",  # decimal degrees, east positive
+    "orientation": "int8",  # EXIF orientation 1-8 (already applied to width/height and pixels)
+}
+PHOTO_COLUMNS = tuple(PHOTO_KINDS)
 
 # EXIF tags (TIFF/EXIF 2.32 numbers)
 ORIENTATION, MAKE, MODEL, DATETIME = 0x0112, 0x010F, 0x0110, 0x0132
@@ -46,8 +46,10 @@ GPS_LAT_REF, GPS_LAT, GPS_LON_REF, GPS_LON = 1, 2, 3, 4
 MAX_TEXT = 128  # longer "camera names" are garbage, not names
 _DATE = re.compile(r"^\s*(\d{4})[:\-](\d{2})[:\-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 _OFFSET = re.compile(r"^\s*([+-])(\d{2}):?(\d{2})\s*$")
-_XMP_DATE = re.compile(rb'(?:exif:DateTimeOriginal|xmp:CreateDate|photoshop:DateCreated)\s*(?:=\s*"|>)\s*'
-                       rb'(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2})?(?:\.\d+)?)(Z|[+-]\d{2}:\d{2})?')
+_XMP_DATE = re.compile(
+    rb'(?:exif:DateTimeOriginal|xmp:CreateDate|photoshop:DateCreated)\s*(?:=\s*"|>)\s*'
+    rb"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2})?(?:\.\d+)?)(Z|[+-]\d{2}:\d{2})?"
+)
 
 
 @dataclass
@@ -111,8 +113,11 @@ def _fill(meta: PhotoMeta, exif: Image.Exif) -> None:
     meta.camera_make = _text(meta, "camera make", _get(meta, exif, MAKE))
     meta.camera_model = _text(meta, "camera model", _get(meta, exif, MODEL))
     meta.lens = _text(meta, "lens", _get(meta, sub, LENS_MODEL))
-    for when, offset, where in ((DATETIME_ORIGINAL, OFFSET_ORIGINAL, sub), (DATETIME_DIGITIZED, OFFSET_DIGITIZED, sub),
-                                (DATETIME, OFFSET_TIME, exif)):
+    for when, offset, where in (
+        (DATETIME_ORIGINAL, OFFSET_ORIGINAL, sub),
+        (DATETIME_DIGITIZED, OFFSET_DIGITIZED, sub),
+        (DATETIME, OFFSET_TIME, exif),
+    ):
         value = _get(meta, where, when)
         if value is None:
             continue
@@ -239,7 +244,9 @@ def _coordinate(meta: PhotoMeta, what: str, value, ref, refs: str, limit: float)
     if deg > limit:
         meta.problems.append(f"GPS {what} {deg:.4f} is beyond {limit}")
         return None
-    ref = (ref.decode("ascii", "replace") if isinstance(ref, bytes) else str(ref or "")).strip("\x00 ").upper()
+    ref = (
+        (ref.decode("ascii", "replace") if isinstance(ref, bytes) else str(ref or "")).strip("\x00 ").upper()
+    )
     if ref not in refs:
         meta.problems.append(f"GPS {what} reference {ref!r} is not {' or '.join(refs)}")
         return None
@@ -272,7 +279,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def photo_meta_from_path(path: str) -> PhotoMeta:
-    """Photo metadata of an image file (reads its header only; a FIFO or device is not opened: it could block)."""
+    """Photo metadata of an image file (reads its header only; a FIFO or device is not opened: it could
+    block)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return PhotoMeta(problems=["unreadable header (not a regular file)"])

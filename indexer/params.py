@@ -121,6 +121,8 @@ PORT = Bound(int, 0, 65_535, "0 = any free port")
 LIMIT = Bound(int, 1, None)  # a server bound such as max-k or max-labels
 DUP_THRESHOLD = Bound(float, 0, 1, above=True)  # cosine above which two stored images are duplicate candidates
 PIXEL_TOLERANCE = Bound(float, 0, 255)  # the duplicate pixel check's largest cell difference
+DEFAULT_DUP_THRESHOLD = 0.85  # reaches moderately cropped copies with CLIP-style models (BENCHMARKS.md)
+DEFAULT_PIXEL_TOLERANCE = 8.5  # copies stay below, look-alikes above, on the benchmark collection (BENCHMARKS.md)
 
 
 def check_device(device: str, name: str = "device") -> str:

@@ -49,7 +49,7 @@ from indexer.errors import (
     StoreFileMissing,
     StoreWriteError,
 )
-from indexer.exif import PHOTO_SCHEMA
+from indexer.exif import PHOTO_KINDS
 from indexer.faiss_index import SHARDED_TYPES, apply_search_params, read_sharded
 from indexer.ids import describe
 
@@ -64,6 +64,8 @@ ERROR_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()), ("mtime", pa.float64())]
 )
 BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
+_ARROW_KINDS = {"timestamp": pa.timestamp("s"), "text": pa.string(), "float": pa.float64(), "int8": pa.int8()}
+PHOTO_SCHEMA = pa.schema([(name, _ARROW_KINDS[kind]) for name, kind in PHOTO_KINDS.items()])  # indexer.exif's columns
 # Files a writer owns (and may sweep when no manifest names them); anything else in the folder is left alone.
 OWNED = re.compile(r"^(\.tmp-.*|index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
                    r"shards/.*|tags/.*)$")

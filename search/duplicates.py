@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 from indexer.decode import DEFAULT_MAX_PIXELS
 from indexer.errors import PixdexError
-from indexer.params import DUP_THRESHOLD, PIXEL_TOLERANCE
+from indexer.params import DEFAULT_DUP_THRESHOLD, DUP_THRESHOLD, PIXEL_TOLERANCE
 from indexer.store import Store
 from search.lookalike import DEFAULT_TOLERANCE, DecodeError, Signature, distance, signature_of_bytes
 from search.searcher import Searcher
 
-DEFAULT_THRESHOLD = 0.85  # candidate cosine: reaches moderately cropped copies with CLIP-style models
+DEFAULT_THRESHOLD = DEFAULT_DUP_THRESHOLD  # candidate cosine
 NEIGHBOURS = 32  # neighbours looked at per item (groups larger than this still join through their members)
 BATCH = 1024  # stored vectors searched per index call
 PROBES = 8  # IVF lists visited per vector (near copies share a list, or sit in a neighbouring one)
@@ -62,8 +62,13 @@ class DupGroup:
         return [self.keeper, *self.others]
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "size": len(self.items), "score": round(self.score, 4),
-                "keeper": asdict(self.keeper), "others": [asdict(o) for o in self.others]}
+        return {
+            "kind": self.kind,
+            "size": len(self.items),
+            "score": round(self.score, 4),
+            "keeper": asdict(self.keeper),
+            "others": [asdict(o) for o in self.others],
+        }
 
 
 @dataclass
@@ -91,19 +96,31 @@ class DupReport:
         out = set()
         for g in self.groups:
             ids = sorted(i.id for i in g.items)
-            out.update((a, b) for k, a in enumerate(ids) for b in ids[k + 1:])
+            out.update((a, b) for k, a in enumerate(ids) for b in ids[k + 1 :])
         return out
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "tolerance": self.tolerance, "items": self.items,
-                "groups": [g.to_dict() for g in self.groups], "duplicates": self.duplicates,
-                "exact_pairs": self.exact_pairs, "candidates": self.candidates, "confirmed": self.confirmed,
-                "rejected": self.rejected, "unchecked": self.unchecked, "seconds": self.seconds}
+        return {
+            "threshold": self.threshold,
+            "tolerance": self.tolerance,
+            "items": self.items,
+            "groups": [g.to_dict() for g in self.groups],
+            "duplicates": self.duplicates,
+            "exact_pairs": self.exact_pairs,
+            "candidates": self.candidates,
+            "confirmed": self.confirmed,
+            "rejected": self.rejected,
+            "unchecked": self.unchecked,
+            "seconds": self.seconds,
+        }
 
     def line(self) -> str:
-        return (f"{len(self.groups)} groups, {self.duplicates} duplicates among {self.items} items "
-                f"({self.exact_pairs} exact pairs; {self.candidates} candidate pairs above cosine {self.threshold}: "
-                f"{self.confirmed} confirmed, {self.rejected} look-alikes rejected, {self.unchecked} unchecked)")
+        return (
+            f"{len(self.groups)} groups, {self.duplicates} duplicates among {self.items} items "
+            f"({self.exact_pairs} exact pairs; {self.candidates} candidate pairs above cosine "
+            f"{self.threshold}: "
+            f"{self.confirmed} confirmed, {self.rejected} look-alikes rejected, {self.unchecked} unchecked)"
+        )
 
 
 class _UnionFind:
@@ -124,17 +141,28 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def candidate_pairs(searcher: Searcher, threshold: float, neighbours: int = NEIGHBOURS, batch: int = BATCH,
-                    probes: int | None = PROBES, progress: bool = False
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(a, b, cosine) arrays of pairs a < b with exact cosine >= threshold, a batch of stored vectors at a time.
+def candidate_pairs(
+    searcher: Searcher,
+    threshold: float,
+    neighbours: int = NEIGHBOURS,
+    batch: int = BATCH,
+    probes: int | None = PROBES,
+    progress: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(a, b, cosine) arrays of pairs a < b with exact cosine >= threshold, a batch of stored vectors at once.
 
     Each vector's `neighbours` nearest come from the store's index (IVF visiting `probes` lists: copies sit
     close together, so a few lists find them), then all pairs of the batch are rescored at once.
     """
     store = searcher.store
-    bar = tqdm(total=store.count, unit="vec", desc="candidates", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=store.count,
+        unit="vec",
+        desc="candidates",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for ids, emb in store.iter_embeddings(batch):
         Q = emb.astype(np.float32)
         Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
@@ -150,9 +178,14 @@ def candidate_pairs(searcher: Searcher, threshold: float, neighbours: int = NEIG
     bar.close()
 
 
-def find_duplicates(store: str | os.PathLike | Store | Searcher, threshold: float = DEFAULT_THRESHOLD,
-                    tolerance: float | None = DEFAULT_TOLERANCE, neighbours: int = NEIGHBOURS,
-                    max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool = False) -> DupReport:
+def find_duplicates(
+    store: str | os.PathLike | Store | Searcher,
+    threshold: float = DEFAULT_THRESHOLD,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    neighbours: int = NEIGHBOURS,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> DupReport:
     """Groups of exact and near-duplicate images in a store (nothing is changed or deleted).
 
     threshold: cosine for candidates; tolerance: the pixel check's largest cell difference (0-255),
@@ -195,8 +228,11 @@ def find_duplicates(store: str | os.PathLike | Store | Searcher, threshold: floa
         low[(x, y)] = c
     report.confirmed = len(confirmed) if tolerance is not None else 0
     report.groups = _groups(uf, items, low)
-    report.seconds = {"exact": round(t1 - t0, 3), "candidates": round(t2 - t1, 3),
-                      "pixel_check": round(time.perf_counter() - t2, 3)}
+    report.seconds = {
+        "exact": round(t1 - t0, 3),
+        "candidates": round(t2 - t1, 3),
+        "pixel_check": round(time.perf_counter() - t2, 3),
+    }
     return report
 
 
@@ -209,20 +245,29 @@ def _items(snap: Store) -> dict[int, DupItem]:
     out = {}
     for r, t, o in zip(rows, taken, offset):
         iso = t.isoformat() + (o or "") if isinstance(t, datetime) else None
-        out[r["id"]] = DupItem(r["id"], r["path"], r["width"] or 0, r["height"] or 0, r["bytes"] or 0, r["sha256"],
-                               iso)
+        out[r["id"]] = DupItem(
+            r["id"], r["path"], r["width"] or 0, r["height"] or 0, r["bytes"] or 0, r["sha256"], iso
+        )
     return out
 
 
-def _pixel_check(pairs, items: dict[int, DupItem], tolerance: float, max_pixels, report: DupReport,
-                 progress: bool) -> list[tuple[int, int, float]]:
+def _pixel_check(
+    pairs, items: dict[int, DupItem], tolerance: float, max_pixels, report: DupReport, progress: bool
+) -> list[tuple[int, int, float]]:
     """The candidate pairs whose images look the same photo (others counted as rejected or unchecked)."""
     needed = sorted({i for x, y, _ in pairs for i in (x, y)})
     sigs: dict[int, Signature | None] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         work = pool.map(lambda i: _signature(items[i], max_pixels), needed)
-        for i, sig in tqdm(zip(needed, work), total=len(needed), unit="img", desc="pixel check",
-                           disable=not progress, file=sys.stderr, dynamic_ncols=True):
+        for i, sig in tqdm(
+            zip(needed, work),
+            total=len(needed),
+            unit="img",
+            desc="pixel check",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ):
             sigs[i] = sig
     out = []
     for x, y, c in pairs:
@@ -274,5 +319,5 @@ def _groups(uf: _UnionFind, items: dict[int, DupItem], low: dict[tuple[int, int]
 
 
 def _keeper_order(item: DupItem):
-    """Largest resolution first, then the earliest capture time (unknown last), then the file size, then id."""
+    """Largest resolution first, then the earliest capture time (unknown last), the file size, the id."""
     return (-(item.width * item.height), item.taken is None, item.taken or "", -item.bytes, item.id)

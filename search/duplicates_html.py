@@ -47,28 +47,41 @@ def format_report(report: DupReport) -> str:
 
 def _figure(item: DupItem, keeper: bool, size: int) -> str:
     uri = thumbnail_data_uri(item.path, size)
-    img = (f'<img src="{uri}" alt="{html.escape(Path(item.path).name)}" loading="lazy">' if uri
-           else '<div class="missing">no preview</div>')
+    img = (
+        f'<img src="{uri}" alt="{html.escape(Path(item.path).name)}" loading="lazy">'
+        if uri
+        else '<div class="missing">no preview</div>'
+    )
     badge = '<span class="keep">keep</span> ' if keeper else ""
-    return (f'<figure class="{"keeper" if keeper else "copy"}" title="{html.escape(item.path)}">{img}<figcaption>'
-            f'{badge}{html.escape(Path(item.path).name)}<br><span class="meta">{html.escape(describe(item))} '
-            f'(id {item.id})</span></figcaption></figure>')
+    return (
+        f'<figure class="{"keeper" if keeper else "copy"}" title="{html.escape(item.path)}">{img}<figcaption>'
+        f'{badge}{html.escape(Path(item.path).name)}<br><span class="meta">{html.escape(describe(item))} '
+        f"(id {item.id})</span></figcaption></figure>"
+    )
 
 
 def _section(n: int, g: DupGroup, size: int) -> str:
     figures = _figure(g.keeper, True, size) + "".join(_figure(o, False, size) for o in g.others)
-    return (f"<section class='group'><h2>group {n}: {len(g.items)} {'exact copies' if g.kind == 'exact' else 'near-duplicates'}"
-            f" <span class='meta'>lowest cosine {g.score:.3f}</span></h2><div class='row'>{figures}</div></section>")
+    return (
+        f"<section class='group'><h2>group {n}: {len(g.items)} "
+        f"{'exact copies' if g.kind == 'exact' else 'near-duplicates'}"
+        f" <span class='meta'>lowest cosine {g.score:.3f}</span></h2>"
+        f"<div class='row'>{figures}</div></section>"
+    )
 
 
-def write_duplicates_html(path: str | os.PathLike, report: DupReport, store: str = "",
-                          thumb_size: int = THUMB_SIZE) -> Path:
+def write_duplicates_html(
+    path: str | os.PathLike, report: DupReport, store: str = "", thumb_size: int = THUMB_SIZE
+) -> Path:
     """Write the groups as a self-contained page (thumbnails inlined), keeper first in each row."""
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>pixdex duplicates</title>",
-             f"<style>{_CSS.replace('SIZE', str(thumb_size))}</style></head><body>",
-             f"<h1>pixdex duplicates</h1><p class='meta'>store {html.escape(store)} · {html.escape(report.line())} · "
-             f"{made}. Nothing was deleted: the keeper is a suggestion (largest resolution, then earliest taken).</p>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>pixdex duplicates</title>",
+        f"<style>{_CSS.replace('SIZE', str(thumb_size))}</style></head><body>",
+        f"<h1>pixdex duplicates</h1><p class='meta'>store {html.escape(store)} · "
+        f"{html.escape(report.line())} · {made}. Nothing was deleted: the keeper is a suggestion "
+        "(largest resolution, then earliest taken).</p>",
+    ]
     parts += [_section(n, g, thumb_size) for n, g in enumerate(report.groups, 1)]
     if not report.groups:
         parts.append("<p>no duplicates found</p>")

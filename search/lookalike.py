@@ -17,12 +17,15 @@ import numpy as np
 from PIL import Image
 
 from indexer.decode import DecodeError, decode_bytes
+from indexer.params import DEFAULT_PIXEL_TOLERANCE
 
 SIDE = 64  # stored thumbnail side; crops are taken from it
 CELL_GRID = 4  # distance: the worst of 4x4 cells
 COMPARE = 32  # side at which aligned thumbnails are compared
 SCALES = (0.97, 0.94, 0.9, 0.86, 0.82)  # crops tried: light crops, up to 18% of the side
-DEFAULT_TOLERANCE = 8.5  # the largest cell difference (0-255) still taken for the same photo (BENCHMARKS.md)
+DEFAULT_TOLERANCE = (
+    DEFAULT_PIXEL_TOLERANCE  # the largest cell difference (0-255) still taken for the same photo
+)
 
 
 @dataclass

@@ -38,7 +38,9 @@ def parse_sort(sort: str | None, schema: pa.Schema) -> Order | None:
     descending = name.startswith("-")
     name = name.lstrip("+-").strip()
     if name not in schema.names:
-        raise PixdexError(f"cannot sort by {name!r}: no such column; available: score, {', '.join(schema.names)}")
+        raise PixdexError(
+            f"cannot sort by {name!r}: no such column; available: score, {', '.join(schema.names)}"
+        )
     typ = schema.field(name).type
     if pa.types.is_nested(typ):
         raise PixdexError(f"cannot sort by {name!r}: it holds lists ({typ})")
@@ -66,7 +68,9 @@ def column_values(store: Store, ids: Sequence[int], columns: Sequence[str]) -> l
     meta = store.metadata()
     all_ids = meta["id"].to_numpy()
     pos = np.searchsorted(all_ids, np.asarray(ids, np.int64))  # metadata rows are in id order
-    wanted = list(columns) + (["taken_offset"] if "taken" in columns and "taken_offset" in meta.column_names else [])
+    wanted = list(columns) + (
+        ["taken_offset"] if "taken" in columns and "taken_offset" in meta.column_names else []
+    )
     picked = meta.select(wanted).take(pa.array(pos)).to_pylist()
     out = []
     for row in picked:

@@ -113,7 +113,9 @@ def test_cli_json_html_and_bad_options(copies_store, tmp_path, capsys):
     store, _, _ = copies_store
     assert main(["duplicates", str(store), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [g["size"] for g in out["groups"]] == [5, 2] and out["groups"][0]["keeper"]["path"].endswith("b-large.jpg")
+    assert [g["size"] for g in out["groups"]] == [5, 2] and out["groups"][0]["keeper"]["path"].endswith(
+        "b-large.jpg"
+    )
     page = tmp_path / "report" / "dups.html"
     assert main(["duplicates", str(store), "--html", str(page)]) == 0
     text = page.read_text()
@@ -122,8 +124,11 @@ def test_cli_json_html_and_bad_options(copies_store, tmp_path, capsys):
     assert main(["duplicates", str(store)]) == 0
     listing = capsys.readouterr().out
     assert "keep    " in listing and listing.count("copy    ") == 5
-    for argv, msg in [(["--threshold", "1.5"], "--threshold"), (["--threshold", "0"], "--threshold"),
-                      (["--tolerance", "-1"], "--tolerance")]:
+    for argv, msg in [
+        (["--threshold", "1.5"], "--threshold"),
+        (["--threshold", "0"], "--threshold"),
+        (["--tolerance", "-1"], "--tolerance"),
+    ]:
         assert main(["duplicates", str(store), *argv]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.strip().count("\n") == 0

@@ -38,9 +38,11 @@ def dms(d, m, s) -> tuple:
     return (IFDRational(d, 1), IFDRational(m, 1), IFDRational(int(s * 100), 100))
 
 
-PIXEL = exif_of({0x010F: "Google", 0x0110: "Pixel 8", 0x0112: 6},
-                {0x9003: "2024:06:01 12:34:56", 0x9011: "+02:00", 0xA433: "Google", 0xA434: "Pixel 8 back camera"},
-                {1: "S", 2: dms(33, 51, 34.56), 3: "W", 4: dms(151, 12, 30.0)})
+PIXEL = exif_of(
+    {0x010F: "Google", 0x0110: "Pixel 8", 0x0112: 6},
+    {0x9003: "2024:06:01 12:34:56", 0x9011: "+02:00", 0xA433: "Google", 0xA434: "Pixel 8 back camera"},
+    {1: "S", 2: dms(33, 51, 34.56), 3: "W", 4: dms(151, 12, 30.0)},
+)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -72,7 +74,10 @@ def test_capture_time_precedence_and_offsets():
     assert taken({0x0132: "2022:05:05 05:05:05"}, both) == ("2020-01-02T03:04:05-08:00", [])
     assert taken(None, {0x9004: "2021:01:01 10:00:00", 0x9012: "+05:30"}) == ("2021-01-01T10:00:00+05:30", [])
     assert taken({0x0132: "2022:05:05 05:05:05"}, {0x9010: "+0100"}) == ("2022-05-05T05:05:05+01:00", [])
-    assert taken({0x0132: "2022:05:05 05:05:05"}) == ("2022-05-05T05:05:05", [])  # no offset given: none made up
+    assert taken({0x0132: "2022:05:05 05:05:05"}) == (
+        "2022-05-05T05:05:05",
+        [],
+    )  # no offset given: none made up
     assert taken(None, {0x9003: "2020:01:02 03:04:05", 0x9011: "   :  "}) == ("2020-01-02T03:04:05", [])
     iso, problems = taken(None, {0x9003: "2020:01:02 03:04:05", 0x9011: "+25:00"})
     assert iso == "2020-01-02T03:04:05" and problems == ["bad time offset '+25:00'"]
@@ -86,19 +91,27 @@ def test_no_metadata_is_not_a_problem():
     assert meta.columns() == dict.fromkeys(PHOTO_COLUMNS) and meta.problems == []
 
 
-@pytest.mark.parametrize("sub, gps, ifd0, column, problem", [
-    ({0x9003: "0000:00:00 00:00:00"}, None, None, "taken", "bad date"),
-    ({0x9003: "2024:13:45 99:00:00"}, None, None, "taken", "bad date"),
-    ({0x9003: "1001:01:01 00:00:00"}, None, None, "taken", "implausible date"),
-    ({0x9003: "yesterday"}, None, None, "taken", "bad date"),
-    (None, {1: "N", 2: (IFDRational(10, 0), IFDRational(0, 0), IFDRational(0, 0)), 3: "E", 4: dms(10, 0, 0)},
-     None, "gps_lat", "bad GPS latitude"),
-    (None, {1: "N", 2: dms(95, 0, 0), 3: "E", 4: dms(10, 0, 0)}, None, "gps_lat", "beyond 90"),
-    (None, {1: "Q", 2: dms(45, 0, 0), 3: "E", 4: dms(10, 0, 0)}, None, "gps_lat", "reference 'Q'"),
-    (None, None, {0x0112: 9}, "orientation", "orientation 9"),
-    (None, None, {0x010F: "\x01\x02garbage\x7f"}, "camera_make", "not a readable name"),
-    (None, None, {0x0110: "x" * 500}, "camera_model", "not a readable name"),
-])
+@pytest.mark.parametrize(
+    "sub, gps, ifd0, column, problem",
+    [
+        ({0x9003: "0000:00:00 00:00:00"}, None, None, "taken", "bad date"),
+        ({0x9003: "2024:13:45 99:00:00"}, None, None, "taken", "bad date"),
+        ({0x9003: "1001:01:01 00:00:00"}, None, None, "taken", "implausible date"),
+        ({0x9003: "yesterday"}, None, None, "taken", "bad date"),
+        (
+            None,
+            {1: "N", 2: (IFDRational(10, 0), IFDRational(0, 0), IFDRational(0, 0)), 3: "E", 4: dms(10, 0, 0)},
+            None,
+            "gps_lat",
+            "bad GPS latitude",
+        ),
+        (None, {1: "N", 2: dms(95, 0, 0), 3: "E", 4: dms(10, 0, 0)}, None, "gps_lat", "beyond 90"),
+        (None, {1: "Q", 2: dms(45, 0, 0), 3: "E", 4: dms(10, 0, 0)}, None, "gps_lat", "reference 'Q'"),
+        (None, None, {0x0112: 9}, "orientation", "orientation 9"),
+        (None, None, {0x010F: "\x01\x02garbage\x7f"}, "camera_make", "not a readable name"),
+        (None, None, {0x0110: "x" * 500}, "camera_model", "not a readable name"),
+    ],
+)
 def test_malformed_values_become_null_with_a_warning(sub, gps, ifd0, column, problem):
     base = {0x010F: "Canon", 0x0110: "EOS R5", 0x0112: 1}
     meta = photo_meta_from_bytes(photo("JPEG", exif_of({**base, **(ifd0 or {})}, sub, gps)))
@@ -109,8 +122,12 @@ def test_malformed_values_become_null_with_a_warning(sub, gps, ifd0, column, pro
         assert meta.camera_make == "Canon"
 
 
-def tiff(entries: list[tuple[int, int, int, bytes | int]], next_ifd: int = 0, count_override: int | None = None,
-         extra: bytes = b"") -> bytes:
+def tiff(
+    entries: list[tuple[int, int, int, bytes | int]],
+    next_ifd: int = 0,
+    count_override: int | None = None,
+    extra: bytes = b"",
+) -> bytes:
     """A little-endian TIFF/EXIF blob with one IFD at offset 8: entries are (tag, type, count, value)."""
     n = len(entries) if count_override is None else count_override
     out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", n))
@@ -121,16 +138,23 @@ def tiff(entries: list[tuple[int, int, int, bytes | int]], next_ifd: int = 0, co
     return b"Exif\x00\x00" + bytes(out)
 
 
-@pytest.mark.parametrize("blob", [
-    tiff([(0x010F, 2, 5, b"Sony"), (0x8769, 4, 1, 8)]),  # the Exif IFD pointer points back at IFD0: a loop
-    tiff([(0x010F, 2, 5, b"Sony")], next_ifd=8),  # IFD0's next IFD is itself
-    tiff([(0x010F, 2, 5, b"Sony"), (0x8825, 4, 1, 0xFFFFFF0)]),  # GPS IFD far beyond the data
-    tiff([(0x010F, 2, 5, b"Sony")], count_override=65535),  # a huge entry count over 18 bytes
-    tiff([(0x010F, 2, 5, b"Sony"), (0x9003, 2, 0x7FFFFFFF, 0x40)]),  # a 2 GB string
-    tiff([(0x010F, 2, 5, b"Sony"), (0x927C, 7, 64, 26)], extra=bytes(range(256)) * 2),  # MakerNote garbage
-    b"Exif\x00\x00not a tiff header at all",
-    b"Exif\x00\x00MM\x00*" + b"\xff" * 40,
-])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        tiff(
+            [(0x010F, 2, 5, b"Sony"), (0x8769, 4, 1, 8)]
+        ),  # the Exif IFD pointer points back at IFD0: a loop
+        tiff([(0x010F, 2, 5, b"Sony")], next_ifd=8),  # IFD0's next IFD is itself
+        tiff([(0x010F, 2, 5, b"Sony"), (0x8825, 4, 1, 0xFFFFFF0)]),  # GPS IFD far beyond the data
+        tiff([(0x010F, 2, 5, b"Sony")], count_override=65535),  # a huge entry count over 18 bytes
+        tiff([(0x010F, 2, 5, b"Sony"), (0x9003, 2, 0x7FFFFFFF, 0x40)]),  # a 2 GB string
+        tiff(
+            [(0x010F, 2, 5, b"Sony"), (0x927C, 7, 64, 26)], extra=bytes(range(256)) * 2
+        ),  # MakerNote garbage
+        b"Exif\x00\x00not a tiff header at all",
+        b"Exif\x00\x00MM\x00*" + b"\xff" * 40,
+    ],
+)
 def test_hostile_exif_never_fails_the_image(blob):
     data = photo("JPEG", blob)
     meta = photo_meta_from_bytes(data)
@@ -142,8 +166,10 @@ def test_hostile_exif_never_fails_the_image(blob):
 
 def test_xmp_capture_time_when_exif_has_none():
     info = PngImagePlugin.PngInfo()
-    info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description xmp:CreateDate="2023-07-14T18:20:00+09:00"/>'
-                  '</x:xmpmeta>')
+    info.add_itxt(
+        "XML:com.adobe.xmp",
+        '<x:xmpmeta><rdf:Description xmp:CreateDate="2023-07-14T18:20:00+09:00"/></x:xmpmeta>',
+    )
     meta = photo_meta_from_bytes(photo("PNG", pnginfo=info))
     assert meta.taken_iso() == "2023-07-14T18:20:00+09:00"
 

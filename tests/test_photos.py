@@ -62,7 +62,9 @@ def test_photo_columns_are_stored_and_bad_exif_is_counted(album_store):
     a, d = meta["a.jpg"], meta["d.jpg"]
     assert a["taken"] == datetime(2024, 6, 3, 9, 0) and a["taken_offset"] is None
     assert (a["camera_make"], a["camera_model"], a["lens"]) == ("Google", "Pixel 8", "Pixel 8 back camera")
-    assert a["gps_lat"] == pytest.approx(PARIS[0], abs=1e-5) and a["gps_lon"] == pytest.approx(PARIS[1], abs=1e-5)
+    assert a["gps_lat"] == pytest.approx(PARIS[0], abs=1e-5) and a["gps_lon"] == pytest.approx(
+        PARIS[1], abs=1e-5
+    )
     assert meta["b.jpg"]["gps_lon"] == pytest.approx(LONDON[1], abs=1e-5)  # west is negative
     assert d["taken_offset"] == "+02:00" and d["orientation"] == 6
     assert (d["width"], d["height"]) == (128, 128)
@@ -95,9 +97,13 @@ def test_bad_filters_and_sorts_are_one_line_errors(album_store):
     from indexer.errors import PixdexError
 
     s = Searcher(album_store[0])
-    for where, msg in [("taken >= 'June'", "holds times"), ("taken >= 2024", "holds times"),
-                       ("NEAR(95, 2, 10)", "latitude 95 is out of range"), ("NEAR(48, 2)", "expected ','"),
-                       ("NEAR(48, 2, 0)", "out of range")]:
+    for where, msg in [
+        ("taken >= 'June'", "holds times"),
+        ("taken >= 2024", "holds times"),
+        ("NEAR(95, 2, 10)", "latitude 95 is out of range"),
+        ("NEAR(48, 2)", "expected ','"),
+        ("NEAR(48, 2, 0)", "out of range"),
+    ]:
         with pytest.raises(PixdexError, match=msg):
             s.search("x", k=3, where=where)
     with pytest.raises(PixdexError, match="cannot sort by 'nope'"):
@@ -106,8 +112,20 @@ def test_bad_filters_and_sorts_are_one_line_errors(album_store):
 
 def test_cli_where_near_and_sort(album_store, capsys):
     store_dir, _, _ = album_store
-    rc = main(["search", str(store_dir), "a red circle", "--where", "camera_make = 'Google'",
-               "--near", "48.8566,2.3522,10", "--sort", "-taken", "--json"])
+    rc = main(
+        [
+            "search",
+            str(store_dir),
+            "a red circle",
+            "--where",
+            "camera_make = 'Google'",
+            "--near",
+            "48.8566,2.3522,10",
+            "--sort",
+            "-taken",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert [Path(r["path"]).name for r in out[0]] == ["d.jpg", "a.jpg"]
@@ -115,8 +133,12 @@ def test_cli_where_near_and_sort(album_store, capsys):
     assert main(["search", str(store_dir), "x", "--sort", "taken"]) == 0
     table = capsys.readouterr().out
     assert "taken" in table.splitlines()[1] and "2023-12-25T08:00:00" in table
-    for argv, msg in [(["--near", "48.8,north,5"], "expected LAT,LON,KM"), (["--near", "48,2,-1"], "out of range"),
-                      (["--where", "taken > 'soon'"], "holds times"), (["--sort", "colour"], "cannot sort by")]:
+    for argv, msg in [
+        (["--near", "48.8,north,5"], "expected LAT,LON,KM"),
+        (["--near", "48,2,-1"], "out of range"),
+        (["--where", "taken > 'soon'"], "holds times"),
+        (["--sort", "colour"], "cannot sort by"),
+    ]:
         assert main(["search", str(store_dir), "x", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and err.count("\n") == 0
@@ -129,14 +151,21 @@ def test_api_where_sort_and_dates(album_store):
     from pixdex.server.app import create_app
 
     client = TestClient(create_app(album_store[0]), base_url="http://127.0.0.1")  # the Host check
-    body = {"query": "a red circle", "k": 10, "where": "taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'",
-            "sort": "taken", "columns": ["taken"]}
+    body = {
+        "query": "a red circle",
+        "k": 10,
+        "where": "taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'",
+        "sort": "taken",
+        "columns": ["taken"],
+    }
     r = client.post("/api/search", json=body)
     assert r.status_code == 200, r.text
     res = r.json()["results"]
     assert [Path(h["path"]).name for h in res] == ["a.jpg", "d.jpg", "b.jpg"]
     assert res[0]["taken"] == "2024-06-03T09:00:00"
-    r = client.get("/api/search", params={"q": "x", "k": 10, "where": "NEAR(51.5, -0.12, 5)", "sort": "-taken"})
+    r = client.get(
+        "/api/search", params={"q": "x", "k": 10, "where": "NEAR(51.5, -0.12, 5)", "sort": "-taken"}
+    )
     assert [Path(h["path"]).name for h in r.json()["results"]] == ["b.jpg"]
     r = client.post("/api/search", json={**body, "sort": "-bogus"})
     assert r.status_code == 400 and "cannot sort by" in r.json()["error"]
@@ -165,7 +194,9 @@ def test_older_store_gains_the_columns_without_reencoding(tmp_path, album_store,
     emb_files = [s["embeddings"] for s in before.manifest["shards"]]
     ids, emb = before.embeddings()
 
-    touched = album / "a.jpg"  # a touched file (same bytes, new mtime) is read, not re-encoded, in the same run
+    touched = (
+        album / "a.jpg"
+    )  # a touched file (same bytes, new mtime) is read, not re-encoded, in the same run
     mtime = touched.stat().st_mtime
     os.utime(touched, (mtime + 60, mtime + 60))
     try:
@@ -179,7 +210,9 @@ def test_older_store_gains_the_columns_without_reencoding(tmp_path, album_store,
     ids2, emb2 = after.embeddings()
     assert (ids2 == ids).all() and (emb2 == emb).all()
     meta = {Path(r["path"]).name: r for r in after.metadata().to_pylist()}
-    assert meta["d.jpg"]["taken"] == datetime(2024, 6, 10, 23, 15) and meta["b.jpg"]["camera_model"] == "Pixel 7"
+    assert (
+        meta["d.jpg"]["taken"] == datetime(2024, 6, 10, 23, 15) and meta["b.jpg"]["camera_model"] == "Pixel 7"
+    )
     assert meta["a.jpg"]["camera_model"] == "Pixel 8" and meta["a.jpg"]["mtime"] == mtime + 60
     hits = Searcher(store).search("x", k=10, where="taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'")
     assert sorted(names(hits)) == ["a.jpg", "b.jpg", "d.jpg"]

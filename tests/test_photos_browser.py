@@ -26,11 +26,15 @@ def test_date_filter_sort_and_duplicates_in_browser(tmp_path, shapes_clip):
     from pixdex.server.app import create_app
 
     write_album(tmp_path / "photos")
-    index_collection([str(tmp_path / "photos")], tmp_path / "store", model=shapes_clip, progress=False, workers=0)
+    index_collection(
+        [str(tmp_path / "photos")], tmp_path / "store", model=shapes_clip, progress=False, workers=0
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     with running(create_app(tmp_path / "store")) as base, playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(base + "/")
         page.wait_for_selector("#store-info:has-text('images')")
@@ -41,16 +45,18 @@ def test_date_filter_sort_and_duplicates_in_browser(tmp_path, shapes_clip):
         page.press("#q", "Enter")
         page.wait_for_selector("#status:has-text('results for')")
         dates = page.eval_on_selector_all("#results time.date", "els => els.map(e => e.dateTime)")
-        dated_2024 = sorted((s.taken.isoformat() + (s.offset or "") for _, s in ALBUM if s.taken.year >= 2024),
-                            reverse=True)
+        dated_2024 = sorted(
+            (s.taken.isoformat() + (s.offset or "") for _, s in ALBUM if s.taken.year >= 2024), reverse=True
+        )
         # newest first; the byte-identical copy carries the same date as its original
         assert dates == sorted([*dated_2024, "2024-06-01T12:00:00+02:00"], reverse=True)
         assert page.inner_text("#results li:first-child time") == "2025-01-03 15:20"
 
         page.select_option("#sort", "taken")
         page.press("#q", "Enter")
-        page.wait_for_function("document.querySelector('#results li:first-child time')?.textContent"
-                               " === '2024-03-02 09:05'")
+        page.wait_for_function(
+            "document.querySelector('#results li:first-child time')?.textContent === '2024-03-02 09:05'"
+        )
 
         page.fill("#where", "taken >= 'soon'")
         page.press("#q", "Enter")
@@ -63,11 +69,16 @@ def test_date_filter_sort_and_duplicates_in_browser(tmp_path, shapes_clip):
         figures = page.eval_on_selector_all(".dup-group figure", "els => els.map(e => e.className)")
         assert figures == ["keeper", "copy", "copy", "copy"]
         assert "IMG_20240601_120000.jpg" in page.inner_text(".dup-group figure.keeper figcaption")
-        page.wait_for_function("[...document.querySelectorAll('.dup-group img')].every(i => i.complete && "
-                               "i.naturalWidth > 0)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.dup-group img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         # side by side: one row, left to right
-        xs = page.eval_on_selector_all(".dup-group figure", "els => els.map(e => e.getBoundingClientRect().left)")
-        ys = page.eval_on_selector_all(".dup-group figure", "els => els.map(e => e.getBoundingClientRect().top)")
+        xs = page.eval_on_selector_all(
+            ".dup-group figure", "els => els.map(e => e.getBoundingClientRect().left)"
+        )
+        ys = page.eval_on_selector_all(
+            ".dup-group figure", "els => els.map(e => e.getBoundingClientRect().top)"
+        )
         assert xs == sorted(xs) and len(set(ys)) == 1
         page.screenshot(path=str(ARTIFACTS / "web-duplicates.png"), full_page=True)
         browser.close()

@@ -6,7 +6,7 @@ strength, and two hard negatives that are different photos:
     recompress  saved again as JPEG at quality 85 / 60 / 30
     convert     PNG (lossless) / WebP q75 / GIF (256-colour palette)
     crop        2% / 5% / 10% cut from every side
-    rotate      pixels rotated 90 degrees with EXIF orientation 6 (shown upright), also resized 100% / 75% / 50%
+    rotate      pixels turned 90 degrees with EXIF orientation 6 (shown upright), resized 100% / 75% / 50%
     same-kind   (negative) another scene of the same colour and shape
     moved       (negative) the same scene with one object moved by 0.2-0.3 of the side
 `truth.csv` lists every file with its group (same group = duplicates), role, transformation and strength.
@@ -74,7 +74,9 @@ def transform(img: Image.Image, name: str, strength: str) -> tuple[bytes, str]:
         return _save(img.convert("P", palette=Image.Palette.ADAPTIVE, colors=256), "GIF"), "gif"
     if name == "crop":
         c = _CROP[strength]
-        return _jpeg(img.crop((round(w * c), round(h * c), round(w * (1 - c)), round(h * (1 - c)))), 90), "jpg"
+        return _jpeg(
+            img.crop((round(w * c), round(h * c), round(w * (1 - c)), round(h * (1 - c)))), 90
+        ), "jpg"
     if name == "rotate":
         s = _ROTATE_SCALE[strength]
         small = img.resize((round(w * s), round(h * s)), Image.Resampling.LANCZOS) if s != 1 else img
@@ -98,12 +100,19 @@ def moved(scene: Scene, rng: np.random.Generator) -> Scene:
     else:  # no room around: go to the opposite side of the centre
         nx, ny = 1 - cx, 1 - cy
     position = min(POSITION_XY, key=lambda p: (POSITION_XY[p][0] - nx) ** 2 + (POSITION_XY[p][1] - ny) ** 2)
-    return replace(scene, objects=(replace(obj, center=(round(nx, 4), round(ny, 4)), position=position),
-                                   *scene.objects[1:]))
+    return replace(
+        scene,
+        objects=(replace(obj, center=(round(nx, 4), round(ny, 4)), position=position), *scene.objects[1:]),
+    )
 
 
-def write_duplicate_collection(out_dir: str | Path, originals: int = 60, seed: int = 0, image_size: int = 256,
-                               strengths: tuple[str, ...] = STRENGTHS) -> Path:
+def write_duplicate_collection(
+    out_dir: str | Path,
+    originals: int = 60,
+    seed: int = 0,
+    image_size: int = 256,
+    strengths: tuple[str, ...] = STRENGTHS,
+) -> Path:
     """Write the benchmark collection into `out_dir`; returns truth.csv. Deterministic for a seed.
 
     Originals are assigned to `strengths` in turn; each gets one copy per transformation at its strength
@@ -135,21 +144,37 @@ def write_duplicate_collection(out_dir: str | Path, originals: int = 60, seed: i
         for how, neg in (("same-kind", kind), ("moved", twin)):
             group += 1
             neg = replace(neg, fmt=scene.fmt)
-            add(f"o{i:05d}-neg-{how}.{ext}", encode_image(render_scene(neg, image_size), neg.fmt), "negative", group,
-                how, strength)
+            add(
+                f"o{i:05d}-neg-{how}.{ext}",
+                encode_image(render_scene(neg, image_size), neg.fmt),
+                "negative",
+                group,
+                how,
+                strength,
+            )
     truth = out / "truth.csv"
     with truth.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for e in entries:
-            writer.writerow({"file": e.file, "group": e.group, "role": e.role, "transform": e.transform,
-                             "strength": e.strength})
+            writer.writerow(
+                {
+                    "file": e.file,
+                    "group": e.group,
+                    "role": e.role,
+                    "transform": e.transform,
+                    "strength": e.strength,
+                }
+            )
     return truth
 
 
 def read_truth(truth_csv: str | Path) -> list[Entry]:
     with Path(truth_csv).open(newline="", encoding="utf-8") as fh:
-        return [Entry(r["file"], int(r["group"]), r["role"], r["transform"], r["strength"]) for r in csv.DictReader(fh)]
+        return [
+            Entry(r["file"], int(r["group"]), r["role"], r["transform"], r["strength"])
+            for r in csv.DictReader(fh)
+        ]
 
 
 @dataclass(frozen=True)
@@ -162,7 +187,9 @@ class PairScore:
     true_pairs: int
 
 
-def score_pairs(predicted: set[tuple[int, int]], truth: dict[int, Entry], strength: str | None = None) -> PairScore:
+def score_pairs(
+    predicted: set[tuple[int, int]], truth: dict[int, Entry], strength: str | None = None
+) -> PairScore:
     """P/R of `predicted` id pairs against the truth (id -> Entry), over the files of one strength (or all).
 
     Precision counts every predicted pair among those files: copies joined with hard negatives or with
@@ -173,7 +200,13 @@ def score_pairs(predicted: set[tuple[int, int]], truth: dict[int, Entry], streng
     by_group: dict[int, list[int]] = {}
     for i in keep:
         by_group.setdefault(truth[i].group, []).append(i)
-    true_pairs = {(min(a, b), max(a, b)) for ids in by_group.values() for k, a in enumerate(ids) for b in ids[k + 1:]}
+    true_pairs = {
+        (min(a, b), max(a, b)) for ids in by_group.values() for k, a in enumerate(ids) for b in ids[k + 1 :]
+    }
     tp = len(pred & true_pairs)
-    return PairScore(tp / len(pred) if pred else 1.0, tp / len(true_pairs) if true_pairs else 1.0, len(pred),
-                     len(true_pairs))
+    return PairScore(
+        tp / len(pred) if pred else 1.0,
+        tp / len(true_pairs) if true_pairs else 1.0,
+        len(pred),
+        len(true_pairs),
+    )

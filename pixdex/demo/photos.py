@@ -56,8 +56,9 @@ def shot_exif(shot: Shot) -> Image.Exif:
         ex.get_ifd(0x8769).update(sub)
     if shot.gps:
         lat, lon = shot.gps
-        ex.get_ifd(0x8825).update({1: "N" if lat >= 0 else "S", 2: _dms(lat), 3: "E" if lon >= 0 else "W",
-                                   4: _dms(lon)})
+        ex.get_ifd(0x8825).update(
+            {1: "N" if lat >= 0 else "S", 2: _dms(lat), 3: "E" if lon >= 0 else "W", 4: _dms(lon)}
+        )
     return ex
 
 
@@ -69,14 +70,23 @@ def jpeg_with_exif(img: Image.Image, shot: Shot, quality: int = 90) -> bytes:
 
 
 ALBUM = [  # (file, shot): a small photo library spread over two years, two cameras, three places
-    ("IMG_20230814_101500.jpg", Shot(datetime(2023, 8, 14, 10, 15), "+02:00", "Google", "Pixel 7", None,
-                                     (48.8584, 2.2945))),
+    (
+        "IMG_20230814_101500.jpg",
+        Shot(datetime(2023, 8, 14, 10, 15), "+02:00", "Google", "Pixel 7", None, (48.8584, 2.2945)),
+    ),
     ("IMG_20231224_183000.jpg", Shot(datetime(2023, 12, 24, 18, 30), "+01:00", "Google", "Pixel 7")),
-    ("DSC04211.jpg", Shot(datetime(2024, 3, 2, 9, 5), None, "Canon", "Canon EOS R6", "RF24-105mm F4 L IS USM")),
-    ("IMG_20240601_120000.jpg", Shot(datetime(2024, 6, 1, 12, 0), "+02:00", "Google", "Pixel 8", None,
-                                     (41.9022, 12.4539))),
-    ("IMG_20240715_074500.jpg", Shot(datetime(2024, 7, 15, 7, 45), "-04:00", "Google", "Pixel 8", None,
-                                     (40.7580, -73.9855))),
+    (
+        "DSC04211.jpg",
+        Shot(datetime(2024, 3, 2, 9, 5), None, "Canon", "Canon EOS R6", "RF24-105mm F4 L IS USM"),
+    ),
+    (
+        "IMG_20240601_120000.jpg",
+        Shot(datetime(2024, 6, 1, 12, 0), "+02:00", "Google", "Pixel 8", None, (41.9022, 12.4539)),
+    ),
+    (
+        "IMG_20240715_074500.jpg",
+        Shot(datetime(2024, 7, 15, 7, 45), "-04:00", "Google", "Pixel 8", None, (40.7580, -73.9855)),
+    ),
     ("DSC05877.jpg", Shot(datetime(2025, 1, 3, 15, 20), None, "Canon", "Canon EOS R6")),
 ]
 
@@ -97,9 +107,11 @@ def write_album(out_dir: str | Path, seed: int = 2026, size: int = 256) -> list[
         (out / name).write_bytes(jpeg_with_exif(render_scene(scene, size), shot))
         written.append(out / name)
     first = render_scene(scenes[3], size)
-    copies = {"copy of IMG_20240601_120000.jpg": (out / ALBUM[3][0]).read_bytes(),  # a byte-identical copy
-              "IMG_20240601_120000-small.jpg": transform(first, "resize", "moderate")[0],  # shared at half size
-              "IMG_20240601_120000-rotated.jpg": transform(first, "rotate", "mild")[0]}  # turned by EXIF
+    copies = {
+        "copy of IMG_20240601_120000.jpg": (out / ALBUM[3][0]).read_bytes(),  # a byte-identical copy
+        "IMG_20240601_120000-small.jpg": transform(first, "resize", "moderate")[0],  # shared at half size
+        "IMG_20240601_120000-rotated.jpg": transform(first, "rotate", "mild")[0],
+    }  # turned by EXIF
     for name, data in copies.items():
         (out / name).write_bytes(data)
         written.append(out / name)

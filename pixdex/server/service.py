@@ -242,12 +242,16 @@ class StoreService:
     # ---- duplicates -------------------------------------------------------------------------
     def duplicates(self, threshold=None, tolerance=None, limit=None) -> dict:
         """Duplicate groups (search.duplicates), computed once per store state and settings, at most `limit`."""
-        from indexer.params import DUP_THRESHOLD, PIXEL_TOLERANCE
-        from search.duplicates import DEFAULT_THRESHOLD, find_duplicates
-        from search.lookalike import DEFAULT_TOLERANCE
+        from indexer.params import (
+            DEFAULT_DUP_THRESHOLD,
+            DEFAULT_PIXEL_TOLERANCE,
+            DUP_THRESHOLD,
+            PIXEL_TOLERANCE,
+        )
+        from search.duplicates import find_duplicates
 
-        threshold = DUP_THRESHOLD.check(DEFAULT_THRESHOLD if threshold is None else threshold, "threshold")
-        tolerance = PIXEL_TOLERANCE.check(DEFAULT_TOLERANCE if tolerance is None else tolerance, "tolerance")
+        threshold = DUP_THRESHOLD.check(DEFAULT_DUP_THRESHOLD if threshold is None else threshold, "threshold")
+        tolerance = PIXEL_TOLERANCE.check(DEFAULT_PIXEL_TOLERANCE if tolerance is None else tolerance, "tolerance")
         limit = self.limits.max_k if limit is None else limit
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= self.limits.max_k:
             raise Invalid(f"limit must be an integer from 1 to {self.limits.max_k}, got {describe(limit)}")
