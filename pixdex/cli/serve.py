@@ -41,5 +41,8 @@ def run(args) -> int:
     app = create_app(args.store, model=args.model, device=args.device, limits=limits, host=args.host,
                      allow_hosts=args.allow_host)
     print(f"pixdex: serving {args.store} on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+    if args.host in ("0.0.0.0", "::") and not args.allow_host:
+        print("pixdex: requests must name 127.0.0.1 or localhost as their host; to be reached by another name "
+              "or address, add --allow-host NAME", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
