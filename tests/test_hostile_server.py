@@ -471,3 +471,21 @@ def test_python_api_errors_are_plain_value_and_type_errors(tiny_store):
         with pytest.raises(kind) as err:
             call()
         assert isinstance(err.value, PixdexError) and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_whose_name_is_not_utf8_is_served(tmp_path, tiny_clip, shapes_dir):
+    """Stored escaped (the store's path_raw), served by its real name, hash-checked like any other."""
+    from indexer.job import index_collection
+
+    images = tmp_path / "images"
+    images.mkdir()
+    source = min(shapes_dir.glob("*.png"))
+    raw = os.path.join(os.fsencode(images), b"bad\xff\xfename.png")
+    with open(raw, "wb") as fh:
+        fh.write(source.read_bytes())
+    index_collection([str(images)], tmp_path / "store", model=tiny_clip, progress=False, workers=0)
+    client = TestClient(create_app(tmp_path / "store", limits=LIMITS), base_url="http://127.0.0.1")
+    assert client.get("/api/info").json()["count"] == 1
+    resp = client.get("/api/items/0/image")
+    assert resp.status_code == 200 and resp.content == source.read_bytes()
+    assert client.get("/api/items/0/thumbnail").status_code == 200

@@ -143,7 +143,7 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
 
     @app.get("/api/items/{item_id}/thumbnail")
     def item_thumbnail(item_id: ItemId) -> Response:
-        meta = service.item(item_id)
+        meta = service.file_item(item_id)
         try:
             data = thumbnail(meta, service.thumbnails, limits.thumbnail_edge, limits.max_image_pixels)
         except NotServable as exc:
@@ -152,7 +152,7 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
 
     @app.get("/api/items/{item_id}/image")
     def item_image(item_id: ItemId) -> Response:
-        meta = service.item(item_id)
+        meta = service.file_item(item_id)
         try:
             data = verified_bytes(meta)
         except NotServable as exc:

@@ -279,6 +279,14 @@ class StoreService:
         self._require(snap, [item_id])
         return {k: _jsonable(v) for k, v in snap.store.item(item_id).items()}
 
+    def file_item(self, item_id) -> dict:
+        """item() with `path` as the OS names the file (a name that is not UTF-8 is stored escaped)."""
+        item_id = check_id(item_id)
+        snap = self.current()
+        self._require(snap, [item_id])
+        meta = snap.store.item(item_id)
+        return {**meta, "path": snap.store.real_path(meta["path"])}
+
     def info(self) -> dict:
         store = self.current().store
         idx = store.index_info
