@@ -294,10 +294,10 @@ def test_bad_inputs_are_clear_errors(flat_store):
         (lambda: s.search_text("  "), "empty query text"),
         (lambda: s.search("id:99999"), "unknown id 99999"),
         (lambda: s.search("id:5"), "unknown id 5"),  # removed
-        (lambda: s.search("id:1", k=0), "k must be a whole number >= 1"),
+        (lambda: s.search("id:1", k=0), "k must be a whole number from 1"),
         (lambda: s.search("id:1", k=None), "give k"),
-        (lambda: s.search("id:1", threshold=1.5), "threshold is a cosine"),
-        (lambda: s.search("id:1", dedup=0), "dedup is a cosine"),
+        (lambda: s.search("id:1", threshold=1.5), "threshold must be a number from -1 to 1"),
+        (lambda: s.search("id:1", dedup=0), "dedup must be a number above 0"),
         (lambda: s.search_embedding(np.ones(DIM + 1)), f"the store's model gives {DIM}"),
         (lambda: s.search("id:1", where="width >"), "col 8"),
         (lambda: s.search("id:1", template="no braces"), None),  # templates only apply to text
