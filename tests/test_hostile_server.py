@@ -136,14 +136,25 @@ def test_classify_validation_is_the_clis(served, capsys, labels, template, words
     assert err.count("\n") == 0 and http_error in err  # the same function refused both: the same words
 
 
+@pytest.mark.parametrize("labels,template,words", [("red,red", None, "more than once"),
+                                                   ("red,blue", "{x}", "exactly one")])
+def test_upload_classify_validation_is_classify_images(served, capsys, labels, template, words):
+    client, images, _ = served
+    image = min(images.glob("*.png"))
+    data = {"labels": labels, **({"template": template} if template else {})}
+    up = client.post("/api/classify", files={"image": ("x.png", image.read_bytes(), "image/png")}, data=data)
+    http_error = one_line_error(up, 400)
+    argv = ["classify-image", str(image), "--labels", labels] + (["--template", template] if template else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err and http_error in err
+
+
 def test_classify_label_bound_is_the_servers_limit(served):
     client, _, _ = served
     one_line_error(client.post("/api/classify", json={"ids": [0], "labels": list("abcdef")}), 413)
     ok = client.post("/api/classify", json={"ids": [0], "labels": list("abcde")})
     assert ok.status_code == 200 and len(ok.json()["results"][0]["labels"]) == 5
-    up = client.post("/api/classify", files={"image": ("x.png", png_bytes(), "image/png")},
-                     data={"labels": "red,red"})
-    assert "more than once" in one_line_error(up, 400)
 
 
 # ---- images over HTTP: uploads and stored ids only -------------------------------------------------

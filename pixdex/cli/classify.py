@@ -120,7 +120,7 @@ def read_template_args(args) -> dict:
 
 def run_classify_image(args) -> int:
     from classify.classifier import ZeroShotClassifier
-    from classify.prompts import DEFAULT_TEMPLATE, split_labels
+    from classify.prompts import DEFAULT_TEMPLATE, check_labels, check_template, split_labels
 
     if (args.labels is None) == (args.tagger is None):
         raise PixdexError("give --labels or --tagger STORE:NAME (one of them)")
@@ -130,6 +130,8 @@ def run_classify_image(args) -> int:
         labels = split_labels(args.labels)
         if not labels:
             raise PixdexError(f"--labels {args.labels!r} holds no label")
+        check_labels(labels, allow_duplicates=False)  # as `classify` and the HTTP API: before the model loads
+        check_template(args.template or DEFAULT_TEMPLATE)
         clf = ZeroShotClassifier(args.model, device=args.device)
         results = clf(args.images if len(args.images) > 1 else args.images[0], candidate_labels=labels,
                       hypothesis_template=args.template or DEFAULT_TEMPLATE, top_k=args.top_k, timeout=args.timeout)
