@@ -59,6 +59,8 @@ class IndexSummary:
             f"indexed {self.indexed}, unchanged {self.unchanged}, updated {self.updated}, reused {self.reused}, "
             f"removed {self.removed}, failed {self.failed} in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s); store has {self.count} items"
+            + (f"; photo columns added to {self.photo_filled} stored items" if self.photo_filled else "")
+            + (f"; {self.metadata_warnings} with unreadable photo metadata" if self.metadata_warnings else "")
         )
 
     def to_dict(self) -> dict:

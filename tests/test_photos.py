@@ -57,6 +57,7 @@ def test_photo_columns_are_stored_and_bad_exif_is_counted(album_store):
     store_dir, album, summary = album_store
     assert summary.indexed == 6 and summary.failed == 0
     assert summary.metadata_warnings == 1  # f.jpg: bad dates, indexed all the same
+    assert summary.line().endswith("; 1 with unreadable photo metadata")
     meta = {Path(r["path"]).name: r for r in Store.open(store_dir).metadata().to_pylist()}
     assert set(PHOTO_COLUMNS) <= set(meta["a.jpg"])
     a, d = meta["a.jpg"], meta["d.jpg"]
