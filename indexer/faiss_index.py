@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -252,15 +252,6 @@ def tune_params(index, queries: np.ndarray, truth: np.ndarray, spec: IndexSpec,
             break
     apply_search_params(index, best.params)
     return best
-
-
-def index_record(spec: IndexSpec, tuned: TuneResult, ntotal: int) -> dict:
-    """The manifest's description of a built index."""
-    record = {**asdict(spec), "params": tuned.params, "recall_at_10": round(tuned.recall_at_10, 4),
-              "search_ms_per_query": round(tuned.search_ms, 4), "ntotal": ntotal}
-    if tuned.rescored_recall_at_10 is not None:
-        record["rescored_recall_at_10"] = round(tuned.rescored_recall_at_10, 4)
-    return record
 
 
 # ---- opening ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,8 +19,8 @@ from indexer.faiss_index import (
     SHARDED_REQUEST_TYPES,
     TARGET_RECALL,
     IndexSpec,
+    TuneResult,
     choose_index,
-    index_record,
     ivf_of,
     new_index,
     tune_params,
@@ -27,6 +28,7 @@ from indexer.faiss_index import (
 from indexer.index_sample import BATCH_ROWS, recall_sample, train_on_sample
 from indexer.sharded_index import build_sharded, process_runner
 from indexer.store import Store, StoreWriter
+from indexer.store_format import IndexRecord, index_file
 
 REBUILD_GROWTH = 2.0  # an IVF trained on n vectors is rebuilt once it holds more than 2n
 TRAIN_SAMPLE = 200_000  # vectors used to train IVF centroids / PQ codebooks
@@ -75,7 +77,7 @@ def update_index(writer: StoreWriter, index_type: str = "auto", max_memory: int 
     spec = choose_index(n, snap.dim, max_memory, choice) if n else IndexSpec("flat", "Flat", reason="empty store")
     if snap.index_is_current() and spec.type == info.get("type"):
         if requested != info.get("requested", "auto"):
-            writer.set_index({**info, "requested": requested})
+            writer.set_index(replace(IndexRecord.from_dict(info), requested=requested))
         return writer.manifest["index"]
     removed_any = len(snap.deleted_ids) > info.get("deleted", 0)
     why = needs_rebuild(info, spec.type, n, removed_any)
@@ -93,23 +95,25 @@ def update_index(writer: StoreWriter, index_type: str = "auto", max_memory: int 
             log(f"pixdex index: building {spec.factory} index over {n} vectors ({why}; {spec.reason})")
         index, how, trained_on = _build(snap, spec), "built", n
         tuned = tune_params(index, queries, truth, spec) if n else None
-    rel = f"index-{snap.manifest['generation'] + 1:06d}.faiss"
+    rel = index_file(snap.manifest["generation"] + 1)
     import faiss
 
     write_atomic(writer.path / rel, lambda p: faiss.write_index(index, str(p)))
-    record = index_record(spec, tuned, int(index.ntotal)) if tuned else {**_spec_dict(spec), "params": {},
-                                                                         "recall_at_10": None, "ntotal": 0}
-    record.update(file=rel, rows=snap.manifest["counts"]["rows"], deleted=len(snap.deleted_ids),
-                  max_id=int(snap.manifest["next_id"]) - 1, trained_on=trained_on, requested=requested,
-                  build_seconds=round(time.perf_counter() - t0, 3), how=how)
-    if ivf_of(index) is not None:
-        record["nlist"] = int(ivf_of(index).nlist)
-    writer.set_index(record)
-    return record
+    ivf = ivf_of(index)
+    record = IndexRecord(spec.type, spec.factory, int(ivf.nlist) if ivf is not None else spec.nlist, spec.pq_m,
+                         spec.reason, file=rel, rows=snap.manifest["counts"]["rows"], deleted=len(snap.deleted_ids),
+                         max_id=int(snap.manifest["next_id"]) - 1, trained_on=trained_on, requested=requested,
+                         how=how, build_seconds=round(time.perf_counter() - t0, 3))
+    writer.set_index(with_tuning(record, tuned, int(index.ntotal)) if tuned else record)
+    return writer.manifest["index"]
 
 
-def _spec_dict(spec: IndexSpec) -> dict:
-    return {"type": spec.type, "factory": spec.factory, "nlist": spec.nlist, "pq_m": spec.pq_m, "reason": spec.reason}
+def with_tuning(record: IndexRecord, tuned: TuneResult, ntotal: int) -> IndexRecord:
+    """The record with the tuned search parameters and the recall they reach."""
+    rescored = tuned.rescored_recall_at_10
+    return replace(record, params=tuned.params, recall_at_10=round(tuned.recall_at_10, 4), ntotal=ntotal,
+                   search_ms_per_query=round(tuned.search_ms, 4),
+                   rescored_recall_at_10=round(rescored, 4) if rescored is not None else None)
 
 
 def _build(snap: Store, spec: IndexSpec, seed: int = 0):

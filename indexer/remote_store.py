@@ -19,8 +19,7 @@ from pathlib import Path
 
 from indexer.errors import PixdexError
 from indexer.remote import is_url, local_path
-
-MANIFEST = "manifest.json"
+from indexer.store_format import MANIFEST, referenced_files
 
 
 def is_remote_store(store: str | os.PathLike) -> bool:
@@ -43,21 +42,6 @@ def _fs(url: str):
     return fsspec.core.url_to_fs(url.rstrip("/"))
 
 
-def referenced(manifest: dict) -> list[str]:
-    """Every file a manifest names (relative paths), the manifest itself excluded."""
-    names = []
-    for s in manifest.get("shards", []):
-        names += [s["embeddings"], s["metadata"]]
-    for key in ("deleted", "errors"):
-        if manifest.get(key):
-            names.append(manifest[key])
-    index = manifest.get("index") or {}
-    if index.get("file"):
-        names += [index["file"], *(index.get("files") or [])]
-    names += list((manifest.get("tags") or {}).values())
-    return sorted(set(names))
-
-
 def pull(url: str, local: Path) -> bool:
     """Bring the local copy up to the remote store's manifest; False when the URL holds no store yet."""
     fs, root = _fs(url)
@@ -71,7 +55,7 @@ def pull(url: str, local: Path) -> bool:
     mine = local / MANIFEST
     if mine.is_file() and json.loads(mine.read_text()).get("generation", -1) >= manifest.get("generation", 0):
         return True  # the local copy is as new (or newer: a job that has not published yet)
-    for rel in referenced(manifest):
+    for rel in sorted(referenced_files(manifest)):
         target = local / rel
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +70,7 @@ def push(local: Path, url: str) -> None:
     """Publish the local copy: named files first (skipping ones already there), manifest last, then sweep."""
     fs, root = _fs(url)
     manifest = json.loads((local / MANIFEST).read_text())
-    names = referenced(manifest)
+    names = sorted(referenced_files(manifest))
     for rel in names:
         remote = f"{root}/{rel}"
         size = (local / rel).stat().st_size

@@ -31,7 +31,6 @@ from indexer.store import (
     FORMAT_VERSION,
     MANIFEST,
     MODEL_KEY,
-    SHARD_FILE,
     Store,
     StoreWriter,
     check_manifest,
@@ -39,6 +38,7 @@ from indexer.store import (
     now_iso,
     parse_manifest,
 )
+from indexer.store_format import deleted_file, embeddings_file, metadata_files_of, shard_number
 
 GEN_FILE = re.compile(r"^(deleted|errors)-(\d+)\.(npy|parquet)$")
 TAG_FILE = re.compile(r"^([A-Za-z0-9_.-]+)-(\d+)\.parquet$")
@@ -162,7 +162,7 @@ def _rebuild(path: Path, old: dict | None, model, device: str, progress: bool, r
             report.actions.append(f"ignored {sh.metadata}: its ids overlap another shard")
             continue
         if not sh.emb_ok:
-            emb_rel = f"shards/emb-{next_shard:06d}.npy"
+            emb_rel = embeddings_file(next_shard)
             next_shard += 1
             emb, lost = _reembed(path, sh, model_rec, dim, model, device, progress, log)
             save_npy(path / emb_rel, emb)
@@ -204,7 +204,7 @@ def _rebuild(path: Path, old: dict | None, model, device: str, progress: bool, r
     in_store = [i for i in sorted(set(deleted) | set(deleted_extra))
                 if any(f <= i < f + r for f, r in live)]
     if in_store:
-        m["deleted"] = f"deleted-{gen:06d}.npy"
+        m["deleted"] = deleted_file(gen)
         save_npy(path / m["deleted"], np.array(in_store, np.int64))
     rows = sum(s["rows"] for s in kept)
     m["errors"], n_errors = _error_table(path, old, report)
@@ -237,23 +237,22 @@ def _shards_on_disk(path: Path, old: dict) -> list[_Shard]:
     by_number: dict[int, _Shard] = {}
     listing = sorted(p.name for p in (path / "shards").iterdir()) if (path / "shards").is_dir() else []
     for name in listing:
-        match = SHARD_FILE.match(name)
-        if match:
-            by_number.setdefault(int(match.group(2)), _Shard(int(match.group(2)), None, None))
+        n = shard_number(name)
+        if n is not None:
+            by_number.setdefault(n, _Shard(n, None, None))
     entries = [s for s in old.get("shards") or [] if isinstance(s, dict)]
     for s in entries:
-        match = SHARD_FILE.match(Path(str(s.get("embeddings", ""))).name)
-        if match:
-            sh = by_number.setdefault(int(match.group(2)), _Shard(int(match.group(2)), None, None))
+        n = shard_number(str(s.get("embeddings", "")))
+        if n is not None:
+            sh = by_number.setdefault(n, _Shard(n, None, None))
             if isinstance(s.get("first_id"), int) and isinstance(s.get("rows"), int):
                 sh.first_id, sh.rows = s["first_id"], s["rows"]
             if isinstance(s.get("metadata"), str):
                 sh.metadata = s["metadata"]
     for n, sh in by_number.items():
-        emb = f"shards/emb-{n:06d}.npy"
+        emb = embeddings_file(n)
         sh.embeddings = emb if (path / emb).is_file() else None
-        metas = sorted((x for x in listing if re.fullmatch(rf"meta-{n:06d}(-g\d+)?\.parquet", x)),
-                       key=lambda x: (len(x), x), reverse=True)  # newest rewrite first, the original last
+        metas = sorted(metadata_files_of(n, listing), key=lambda x: (len(x), x), reverse=True)  # newest first
         named = [sh.metadata] if sh.metadata and (path / sh.metadata).is_file() else []
         sh.metadata = None
         sh._candidates = named + [f"shards/{x}" for x in metas if f"shards/{x}" not in named]  # type: ignore[attr-defined]
@@ -280,7 +279,7 @@ def _check_shard(path: Path, sh: _Shard, dim: int, files: dict, report: RepairRe
     if sh.metadata is None:
         report.problems.append(f"shard {sh.number:06d}: no readable metadata file")
     if sh.embeddings is None:
-        _problem(report, path / f"shards/emb-{sh.number:06d}.npy", "missing")
+        _problem(report, path / embeddings_file(sh.number), "missing")
         return
     try:
         emb = np.load(path / sh.embeddings, mmap_mode="r")

@@ -15,7 +15,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from indexer.faiss_index import (
 )
 from indexer.index_sample import recall_sample, train_on_sample
 from indexer.store import Store, StoreWriter
+from indexer.store_format import IndexRecord, index_file, index_part_file, ivfdata_file, temporary_file
 
 ONDISK, PARTS = SHARDED_TYPES  # one index file + one .ivfdata file / part files searched as IndexShards
 DEFAULT_MEMORY = 4 << 30  # bytes a sharded build may use when no --max-index-memory is given
@@ -163,7 +164,6 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
     plan = plan or plan_sharded(shard_rows, snap.dim, max_memory, workers)
     spec = plan.spec
     gen = snap.manifest["generation"] + 1
-    base = f"index-{gen:06d}"
     t0 = time.perf_counter()
     if plan.memory_per_worker > plan.memory_budget // plan.workers:
         log(f"pixdex index: warning: each of {plan.workers} workers needs about "
@@ -172,10 +172,10 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
     log(f"pixdex index: sharded {spec.factory} over {snap.count} vectors: training on {plan.train_rows}, "
         f"{len(plan.parts)} parts, {plan.workers} workers, ~{plan.memory_per_worker / 2**20:.0f} MiB per worker")
     trained = _train(snap, spec, plan.train_rows, seed)
-    trained_path = writer.path / f".tmp-{base}-trained.faiss"
+    trained_path = writer.path / temporary_file(f"trained-{index_file(gen)}")
     faiss.write_index(trained, str(trained_path))
     t_train = time.perf_counter() - t0
-    part_names = [f"{base}-part-{i:04d}.faiss" for i in range(len(plan.parts))]
+    part_names = [index_part_file(gen, i) for i in range(len(plan.parts))]
     jobs = [(str(writer.path), snap.manifest, shards, str(trained_path), str(writer.path / name), plan.add_batch)
             for shards, name in zip(plan.parts, part_names)]
     results = (runner or process_runner)(_fill_part_args, jobs, plan.workers)
@@ -184,11 +184,11 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
     if merge:
         from faiss.contrib.ondisk import merge_ondisk
 
-        ivfdata = f"{base}.ivfdata"
+        ivfdata = ivfdata_file(gen)
         index = faiss.read_index(str(trained_path))
         with faiss_chatter_to_stderr():
             merge_ondisk(index, [str(writer.path / p) for p in part_names], str(writer.path / ivfdata))
-        write_atomic(writer.path / f"{base}.faiss", lambda p: faiss.write_index(index, str(p)))
+        write_atomic(writer.path / index_file(gen), lambda p: faiss.write_index(index, str(p)))
         for p in part_names:
             (writer.path / p).unlink()
         files, kind = [ivfdata], ONDISK
@@ -196,22 +196,23 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
         kind = PARTS
     trained_path.unlink()
     t_merge = time.perf_counter() - t0 - t_train - t_add
-    record = {"type": kind, "factory": spec.factory, "nlist": spec.nlist, "pq_m": spec.pq_m, "reason": spec.reason,
-              "file": f"{base}.faiss" if merge else part_names[0], "files": files,
-              "ntotal": int(sum(r["rows"] for r in results)), "trained_on": plan.train_rows,
-              "rows": snap.manifest["counts"]["rows"], "deleted": len(snap.deleted_ids),
-              "max_id": int(snap.manifest["next_id"]) - 1, "how": "built", "requested": "sharded" if merge else "sharded-parts",
-              "plan": {"parts": len(plan.parts), "workers": plan.workers, "memory_per_worker": plan.memory_per_worker,
-                       "memory_budget": plan.memory_budget},
-              "timings": {"train": round(t_train, 2), "add": round(t_add, 2), "merge": round(t_merge, 2)},
-              "peak_rss_worker": max(r["peak_rss"] for r in results)}
-    writer.set_index({**record, "params": {}, "recall_at_10": None})
+    record = IndexRecord(kind, spec.factory, spec.nlist, spec.pq_m, spec.reason,
+                         file=index_file(gen) if merge else part_names[0], files=files,
+                         ntotal=int(sum(r["rows"] for r in results)), trained_on=plan.train_rows,
+                         rows=snap.manifest["counts"]["rows"], deleted=len(snap.deleted_ids),
+                         max_id=int(snap.manifest["next_id"]) - 1, how="built",
+                         requested="sharded" if merge else "sharded-parts",
+                         plan={"parts": len(plan.parts), "workers": plan.workers,
+                               "memory_per_worker": plan.memory_per_worker, "memory_budget": plan.memory_budget},
+                         timings={"train": round(t_train, 2), "add": round(t_add, 2), "merge": round(t_merge, 2)},
+                         peak_rss_worker=max(r["peak_rss"] for r in results))
+    writer.set_index(record)  # the index must be named before it can be opened for tuning
     tuned = _tune(writer, spec, log)
-    record.update(params=tuned.params, recall_at_10=round(tuned.recall_at_10, 4),
-                  rescored_recall_at_10=round(tuned.rescored_recall_at_10 or 0.0, 4),
-                  search_ms_per_query=round(tuned.search_ms, 4), build_seconds=round(time.perf_counter() - t0, 3))
+    record = replace(record, params=tuned.params, recall_at_10=round(tuned.recall_at_10, 4),
+                     rescored_recall_at_10=round(tuned.rescored_recall_at_10 or 0.0, 4),
+                     search_ms_per_query=round(tuned.search_ms, 4), build_seconds=round(time.perf_counter() - t0, 3))
     writer.set_index(record)
-    return record
+    return writer.manifest["index"]
 
 
 def _train(snap: Store, spec: IndexSpec, rows: int, seed: int):

@@ -1,17 +1,7 @@
 """The collection store: a directory that search and classify open later.
 
-Layout (every file immutable once named in the manifest; the manifest is written last):
-    manifest.json                  the committed state: model, counts, shard list, current files
-    shards/emb-NNNNNN.npy          float16 [rows, dim], L2-normalised, memory-mappable, append-only
-    shards/meta-NNNNNN.parquet     id, path, bytes, mtime, width, height, sha256, source columns
-                                   (rewritten as meta-NNNNNN-gGGGGGG.parquet when mtimes are refreshed);
-                                   path_raw (bytes) only for file names that are not valid UTF-8
-    deleted-GGGGGG.npy             ids of removed rows (sorted int64)
-    errors-GGGGGG.parquet          files that could not be indexed: path, reason, bytes, mtime (, path_raw)
-    tags/NAME-GGGGGG.parquet       tag columns written by classify --save-as (id + columns)
-    tags/NAME-GGGGGG.tagger.json   the classifier that made tag set NAME (labels, weights, method...), so
-                                   tags can be computed for items added later (manifest "taggers")
-    index-GGGGGG.faiss             the FAISS index over live rows, FAISS ids = store ids
+The format (file names, what a manifest references, the index record) is defined in
+``indexer.store_format``.
 Ids are assigned in order and never reused, so shard k holds the contiguous id range
 [first_id, first_id + rows); the shards (and "gaps", id ranges `pixdex repair` had to drop) tile
 [0, next_id). Shard numbers NNNNNN come from the manifest's "next_shard" counter and never name a
@@ -27,7 +17,6 @@ import copy
 import fcntl
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -52,13 +41,29 @@ from indexer.errors import (
 from indexer.exif import PHOTO_KINDS
 from indexer.faiss_index import SHARDED_TYPES, apply_search_params, read_sharded
 from indexer.ids import describe
+from indexer.remote_store import open_path
+from indexer.store_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NAMED,
+    OWNED,
+    SHARD_FILE,
+    TAG_SET_NAME,
+    IndexRecord,
+    deleted_file,
+    embeddings_file,
+    errors_file,
+    metadata_file,
+    referenced_files,
+    shard_number,
+    tagger_file,
+    tags_file,
+)
 
 if TYPE_CHECKING:  # the encoder pulls in torch; reading a store does not need it
     from indexer.models import ModelInfo
 
-FORMAT = "pixdex-store"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 PATH_RAW = "path_raw"  # the bytes of a file name that is not valid UTF-8 (null for every other path)
 ERROR_SCHEMA = pa.schema(
     [("path", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()), ("mtime", pa.float64())]
@@ -66,13 +71,6 @@ ERROR_SCHEMA = pa.schema(
 BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
 _ARROW_KINDS = {"timestamp": pa.timestamp("s"), "text": pa.string(), "float": pa.float64(), "int8": pa.int8()}
 PHOTO_SCHEMA = pa.schema([(name, _ARROW_KINDS[kind]) for name, kind in PHOTO_KINDS.items()])  # indexer.exif's columns
-# Files a writer owns (and may sweep when no manifest names them); anything else in the folder is left alone.
-OWNED = re.compile(r"^(\.tmp-.*|index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
-                   r"shards/.*|tags/.*)$")
-# Names a manifest may refer to (anything else, e.g. "../x" or an absolute path, is a damaged manifest).
-NAMED = re.compile(r"^(index-\d+(-part-\d+)?\.(faiss|ivfdata)|deleted-\d+\.npy|errors-\d+\.parquet|"
-                   r"shards/(emb-\d+\.npy|meta-\d+(-g\d+)?\.parquet)|tags/[A-Za-z0-9_.-]+-\d+\.(parquet|tagger\.json))$")
-SHARD_FILE = re.compile(r"^(emb|meta)-(\d+)(-g\d+)?\.(npy|parquet)$")
 MODEL_KEY = b"pixdex.model"  # metadata parquet files carry the model record (repair without a manifest)
 
 
@@ -141,23 +139,6 @@ def _pop_raw_paths(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
 
 
 # ---- what a manifest names -----------------------------------------------------------------------
-def referenced_files(m: dict) -> set[str]:
-    """Every file the manifest names (relative paths), the manifest itself excluded."""
-    names: set[str] = set()
-    for s in m.get("shards") or []:
-        names.update([s["embeddings"], s["metadata"]])
-    for key in ("deleted", "errors"):
-        if m.get(key):
-            names.add(m[key])
-    index = m.get("index") or {}
-    if index.get("file"):
-        names.add(index["file"])
-        names.update(index.get("files") or [])  # sharded indexes: parts or the .ivfdata file
-    names.update((m.get("tags") or {}).values())
-    names.update((m.get("taggers") or {}).values())
-    return names
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -235,8 +216,6 @@ class Store:
         The manifest is checked for consistency and every file it names for its recorded size
         (StoreDamaged names the first file that is missing or the wrong size).
         """
-        from indexer.remote_store import open_path
-
         path = open_path(path)
         mf = path / MANIFEST
         if not mf.is_file():
@@ -893,14 +872,14 @@ class StoreWriter:
         """Store tag columns (an `id` column plus others) as the named tag set, replacing it."""
         if "id" not in table.column_names:
             raise PixdexError("tag table needs an 'id' column")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        if not TAG_SET_NAME.match(name or ""):
             raise PixdexError(f"tag set name {name!r} may only use letters, digits, '_', '-' and '.'")
         gen = self.manifest["generation"] + 1
         try:
             (self.path / "tags").mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreWriteError(f"cannot write {self.path / 'tags'}: {exc.strerror}", exc.errno) from None
-        rel = self._fresh(f"tags/{name}-{gen:06d}.parquet")
+        rel = self._fresh(tags_file(name, gen))
         save_parquet(self.path / rel, table)
         self.manifest.setdefault("tags", {})[name] = rel
         self._dirty = True
@@ -910,14 +889,15 @@ class StoreWriter:
         if name not in (self.manifest.get("tags") or {}):
             raise PixdexError(f"tagger {name!r} needs its tag set: write_tags first")
         gen = self.manifest["generation"] + 1
-        rel = self._fresh(f"tags/{name}-{gen:06d}.tagger.json")
+        rel = self._fresh(tagger_file(name, gen))
         save_json(self.path / rel, record)
         self.manifest.setdefault("taggers", {})[name] = rel
         self._dirty = True
 
-    def set_index(self, info: dict) -> None:
-        """Record a freshly written index (info["file"] already on disk)."""
-        self.manifest["index"] = info
+    def set_index(self, record: IndexRecord | dict) -> None:
+        """Record a freshly written index (its file already on disk)."""
+        record = record if isinstance(record, IndexRecord) else IndexRecord.from_dict(record)
+        self.manifest["index"] = record.to_dict()
         self._dirty = True
 
     def commit(self) -> None:
@@ -927,7 +907,7 @@ class StoreWriter:
         if self._pending_rows:
             emb = np.concatenate(self._pending_emb)
             number = self._new_shard_number()
-            emb_rel, meta_rel = f"shards/emb-{number:06d}.npy", f"shards/meta-{number:06d}.parquet"
+            emb_rel, meta_rel = embeddings_file(number), metadata_file(number)
             save_npy(self.path / emb_rel, emb)
             save_parquet(self.path / meta_rel, rows_to_table(self._pending_rows, self.manifest))
             m["shards"].append({"embeddings": emb_rel, "metadata": meta_rel, "first_id": m["next_id"],
@@ -943,12 +923,12 @@ class StoreWriter:
         if self._columns:
             self._write_columns(gen)
         if len(self._deleted) != m["counts"].get("deleted", 0):
-            rel = self._fresh(f"deleted-{gen:06d}.npy")
+            rel = self._fresh(deleted_file(gen))
             save_npy(self.path / rel, np.array(sorted(self._deleted), dtype=np.int64))
             m["deleted"] = rel
         if self._errors_dirty:
             if self._errors:
-                rel = self._fresh(f"errors-{gen:06d}.parquet")
+                rel = self._fresh(errors_file(gen))
                 rows = sorted(self._errors.values(), key=lambda r: r["path"])
                 table = pa.Table.from_pylist([{**r, "path": ""} for r in rows], schema=ERROR_SCHEMA)
                 save_parquet(self.path / rel, _with_raw_paths(table, [r["path"] for r in rows]))
@@ -1001,8 +981,7 @@ class StoreWriter:
             table = snap.read_shard_metadata(int(k))
             mtimes = [self._mtimes.get(i, t) for i, t in zip(table["id"].to_pylist(), table["mtime"].to_pylist())]
             table = table.set_column(table.column_names.index("mtime"), "mtime", pa.array(mtimes, pa.float64()))
-            number = SHARD_FILE.match(Path(shard["embeddings"]).name).group(2)
-            rel = self._fresh(f"shards/meta-{number}-g{gen:06d}.parquet")
+            rel = self._fresh(metadata_file(shard_number(shard["embeddings"]), gen))
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel
         self._mtimes = {}
@@ -1022,8 +1001,7 @@ class StoreWriter:
                 col = pa.array([u.get(name, o) for u, o in zip(updates, old)], types.get(name))
                 table = (table.set_column(table.column_names.index(name), name, col) if there
                          else table.append_column(name, col))
-            number = SHARD_FILE.match(Path(shard["embeddings"]).name).group(2)
-            rel = f"shards/meta-{number}-g{gen:06d}.parquet"
+            rel = metadata_file(shard_number(shard["embeddings"]), gen)
             rel = rel if rel == shard["metadata"] else self._fresh(rel)  # the same commit may rewrite it twice
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel

@@ -335,6 +335,6 @@ def test_a_store_on_object_storage_is_published_manifest_last_and_readable(tmp_p
     assert (again.removed, again.unchanged, again.count) == (1, 3, 3)
     manifest = json.loads(fs.cat_file("/bucket/stores/photos.pixdex/manifest.json"))
     live = {p.rsplit("photos.pixdex/", 1)[1] for p in fs.find("/bucket/stores/photos.pixdex")}
-    from indexer.remote_store import referenced
+    from indexer.store_format import referenced_files
 
-    assert live == {*referenced(manifest), "manifest.json"}  # replaced files were swept from the bucket
+    assert live == {*referenced_files(manifest), "manifest.json"}  # replaced files were swept from the bucket
