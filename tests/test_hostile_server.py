@@ -406,19 +406,56 @@ def test_thumbnails_of_a_store_that_cannot_be_written(tmp_path, tiny_clip, shape
     assert client.app.state.service.thumbnails is None
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
-def test_serve_on_a_read_only_store(tmp_path, tiny_clip, shapes_dir, monkeypatch):
-    _, store = copy_store(shapes_dir, tmp_path, tiny_clip)
-    monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "user-cache"))
-    for p in [store, *store.rglob("*")]:
-        p.chmod(p.stat().st_mode & ~0o222)
+READ_ONLY_CHECK = """
+import json, os, sys
+from fastapi.testclient import TestClient
+from pixdex.server.app import create_app
+client = TestClient(create_app(sys.argv[1]), base_url="http://127.0.0.1")
+got = {u: client.get(u).status_code for u in ("/api/info", "/api/items/3/thumbnail", "/api/items/3/image",
+                                              "/api/search?q=a+red+circle", "/api/items/3/thumbnail")}
+print(json.dumps({"status": got, "thumbnails": str(client.app.state.service.thumbnails)}))
+"""
+
+
+def test_serve_on_a_read_only_store(tmp_path_factory, tiny_clip, shapes_dir):
+    """A store its user cannot write (chmod a-w; as root the server runs as nobody, since root writes anyway):
+    search, items and thumbnails answer 200, thumbnails are cached in the user's cache, the store is untouched."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="pixdex-ro-"))  # not under pytest's 0700 folder: nobody must read it
     try:
-        client = TestClient(create_app(store, limits=LIMITS), base_url="http://127.0.0.1")
-        assert client.get("/api/items/3/thumbnail").status_code == 200
-        assert client.get("/api/search", params={"q": "a red circle"}).status_code == 200
-    finally:
+        shutil.copytree(tiny_clip, root / "model")
+        _, store = copy_store(shapes_dir, root, str(root / "model"))
+        (root / "home").mkdir()
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode | (0o555 if p.is_dir() else 0o444))
         for p in [store, *store.rglob("*")]:
-            p.chmod(p.stat().st_mode | 0o200)
+            p.chmod(p.stat().st_mode & ~0o222)
+        before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
+        env = {**os.environ, "HOME": str(root / "home"), "PIXDEX_CACHE": str(root / "home" / "cache"),
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+        cmd = [sys.executable, "-c", READ_ONLY_CHECK, str(store)]
+        if os.geteuid() == 0:
+            os.chown(root / "home", 65534, 65534)
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+            probe = subprocess.run([*cmd[:4], sys.executable, "-c", "import pixdex.server.app"], env=env,
+                                   capture_output=True, timeout=120)
+            if probe.returncode != 0:
+                pytest.skip("the code or the Python of this checkout cannot be read by user nobody")
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert set(result["status"].values()) == {200}, result
+        assert result["thumbnails"] == str(root / "home" / "cache" / "thumbs")
+        assert list((root / "home" / "cache" / "thumbs").glob("*.jpg"))
+        assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
+    finally:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o700)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- the CLI and the Python API: one-line errors -----------------------------------------------------
