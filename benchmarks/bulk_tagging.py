@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classify.prompts import LabelSet
 from classify.scoring import Scoring
 from classify.sinks import FileSink, block_table
-from classify.tagging import ShardPaths, iter_tag_blocks
+from classify.tagging import iter_tag_blocks
 from indexer.encoder import ModelInfo
 from indexer.store import Store, StoreWriter, is_store
 
@@ -122,11 +122,11 @@ def main() -> None:
           f"-> {min(cpu_tag) / min(cpu_floor):.2f}x (less sensitive to other load on the machine)")
     if args.out:
         t0 = time.perf_counter()
-        sink, paths = FileSink(args.out), ShardPaths(st)
+        sink = FileSink(args.out)
         labels = __import__("pyarrow").array(label_set.labels)
         for block in iter_tag_blocks(st, label_set, "single", args.top_k, device="cpu",
                                      batch_rows=args.batch_rows, workers=args.workers, progress=False):
-            sink.write(block_table(block, labels, paths.paths(block.ids), args.top_k > 1))
+            sink.write(block_table(block, labels, st.path_array(block.ids), args.top_k > 1))
         sink.close()
         print(f"tagging + writing {args.out}: {time.perf_counter() - t0:.2f} s")
 

@@ -127,35 +127,6 @@ def iter_tag_blocks(
         bar.close()
 
 
-# ---- paths ------------------------------------------------------------------------------------------
-class ShardPaths:
-    """Paths of ids, read one shard's metadata (id, path) at a time so memory stays bounded."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        shards = store.manifest["shards"]
-        self.first_ids = np.array([s["first_id"] for s in shards], np.int64)
-        self._k = -1
-        self._ids = np.zeros(0, np.int64)
-        self._paths = pa.array([], pa.string())
-
-    def paths(self, ids: np.ndarray) -> pa.Array:
-        if not len(ids):
-            return pa.array([], pa.string())
-        k = int(np.searchsorted(self.first_ids, ids[0], side="right") - 1)
-        last = int(np.searchsorted(self.first_ids, ids[-1], side="right") - 1)
-        if k != last:  # a block never spans shards, but stay correct if it does
-            return pa.concat_arrays([self.paths(ids[ids < self.first_ids[k + 1]]),
-                                     self.paths(ids[ids >= self.first_ids[k + 1]])])
-        if k != self._k:
-            t = self.store.read_shard_metadata(k, ["id", "path"])
-            order = np.argsort(t["id"].to_numpy(), kind="stable")
-            self._ids = t["id"].to_numpy()[order]
-            self._paths = t["path"].combine_chunks().take(pa.array(order))
-            self._k = k
-        return self._paths.take(pa.array(np.searchsorted(self._ids, ids)))
-
-
 def check_tag_name(name: str, columns: Iterable[str] = ()) -> str:
     """A tag set name must be an identifier, not ending in _score, whose columns (NAME, NAME_score) shadow
     no base column and none of `columns` (the store's others), compared case-insensitively like --where."""
@@ -323,7 +294,6 @@ def tag_store(
     summary = TagSummary(str(st.path), mode, len(labels), len(tpl), out=str(out) if out else None, save_as=save_as,
                          classifier=label_set.info() if label_set.fit is not None else None)
     counts: Counter = Counter()
-    paths = ShardPaths(st)
     start = time.perf_counter()
     ok = False
     try:
@@ -336,7 +306,7 @@ def tag_store(
             if tags is not None:
                 tags.add(block, label_arr)
             if sink is not None or emit is not None:
-                table = block_table(block, label_arr, paths.paths(block.ids), lists)
+                table = block_table(block, label_arr, st.path_array(block.ids), lists)
                 if sink is not None:
                     sink.write(table)
                 if emit is not None:

@@ -71,6 +71,7 @@ ERROR_SCHEMA = pa.schema(
 BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
 _ARROW_KINDS = {"timestamp": pa.timestamp("s"), "text": pa.string(), "float": pa.float64(), "int8": pa.int8()}
 PHOTO_SCHEMA = pa.schema([(name, _ARROW_KINDS[kind]) for name, kind in PHOTO_KINDS.items()])  # indexer.exif's columns
+PATH_CACHE_SHARDS = 16  # shards whose path columns a Store keeps in memory (4,096 rows each by default)
 MODEL_KEY = b"pixdex.model"  # metadata parquet files carry the model record (repair without a manifest)
 
 
@@ -205,7 +206,7 @@ class Store:
         self._probed: set[str] = set()  # files whose probe hash was checked in this snapshot
         self._meta: pa.Table | None = None
         self._real_paths: dict[str, str] = {}  # stored text -> real path, for names that are not UTF-8
-        self._path_of: dict[int, str] | None = None
+        self._shard_paths: dict[int, pa.Array] = {}  # the last few shards' path columns, by row
         self._deleted = self._load_deleted()
 
     # ---- opening ----------------------------------------------------------------------------
@@ -571,12 +572,37 @@ class Store:
 
     def paths(self, ids) -> list[str]:
         """Stored paths of live ids, in that order (printable: names that are not UTF-8 escaped)."""
-        ids = as_ids(ids, self)
-        self.locate(ids)
-        if self._path_of is None:
-            table = self.metadata()
-            self._path_of = dict(zip(table["id"].to_pylist(), table["path"].to_pylist()))
-        return [self._path_of[int(i)] for i in ids]
+        return self.path_array(ids).to_pylist()
+
+    def path_array(self, ids) -> pa.Array:
+        """Stored paths of live ids as an arrow array, reading only the metadata shards that hold them."""
+        shard, rows = self.locate(ids)
+        if not len(shard):
+            return pa.array([], pa.string())
+        if (shard == shard[0]).all():  # one shard: the common case for a tagging block
+            return self.shard_paths(int(shard[0])).take(pa.array(rows))
+        out = np.empty(len(shard), dtype=object)
+        for k in np.unique(shard):
+            sel = shard == k
+            out[sel] = self.shard_paths(int(k)).take(pa.array(rows[sel])).to_pylist()
+        return pa.array(out, pa.string())
+
+    def shard_paths(self, k: int) -> pa.Array:
+        """Shard k's path column, indexed by row; the last PATH_CACHE_SHARDS shards read are kept."""
+        col = self._shard_paths.get(k)
+        if col is None:
+            try:
+                table = self.read_shard_metadata(k, ["id", "path"])
+            except StoreDamaged:  # rewritten by a later writer and swept: the shard's ids and paths are unchanged
+                latest = Store.open(self.path)
+                if k >= len(latest._shards) or latest._shards[k]["first_id"] != self._shards[k]["first_id"]:
+                    raise
+                table = latest.read_shard_metadata(k, ["id", "path"])
+            col = table.column("path").combine_chunks()
+            if len(self._shard_paths) >= PATH_CACHE_SHARDS:
+                self._shard_paths.pop(next(iter(self._shard_paths)))
+            self._shard_paths[k] = col
+        return col
 
     def file_paths(self, ids) -> list[str]:
         """The file names of live ids as the OS takes them (names that are not UTF-8 unescaped)."""

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from indexer.errors import InvalidType, PixdexError, StoreDamaged
 from indexer.ids import check_id
@@ -77,7 +76,6 @@ class Searcher:
         self.store = store
         self.candidates = Candidates(store, index)
         self.index_type = self.candidates.index_type
-        self._path_cache: dict[int, pa.Array] = {}
         self._scope_cache: dict[tuple, Scope] = {}
         self._path_ids: dict[str, int] | None = None
 
@@ -287,36 +285,7 @@ class Searcher:
     # ---- paths ------------------------------------------------------------------------------
     def paths(self, ids: np.ndarray) -> list[str]:
         """Stored paths for ids, reading only the metadata shards that hold them."""
-        if not len(ids):
-            return []
-        shard, rows = self.store.locate(ids)
-        out = [""] * len(ids)
-        for s in np.unique(shard):
-            col = self._shard_paths(int(s))
-            for j in np.nonzero(shard == s)[0]:
-                out[j] = col[int(rows[j])].as_py()
-        return out
-
-    def _shard_paths(self, s: int):
-        """Shard s's path column (a pyarrow array indexed by row), read once and cached."""
-        if s not in self._path_cache:
-            info = self.store.manifest["shards"][s]
-            try:
-                table = self.store.read_shard_metadata(s, ["id", "path"])
-            except StoreDamaged:  # rewritten and swept by later writers: ids and paths are unchanged
-                fresh = Store.open(self.path)
-                info = fresh.manifest["shards"][s]
-                table = fresh.read_shard_metadata(s, ["id", "path"])
-            col = table.column("path").combine_chunks()
-            ids = table.column("id")
-            first = info["first_id"]
-            if not (len(col) == info["rows"] and ids[0].as_py() == first and ids[-1].as_py() == first + len(col) - 1):
-                by_row = [""] * info["rows"]  # not laid out by row (never written so): place by id
-                for i, p in zip(ids.to_pylist(), col.to_pylist()):
-                    by_row[int(i) - first] = p
-                col = pa.array(by_row, pa.string())
-            self._path_cache[s] = col
-        return self._path_cache[s]
+        return self.store.paths(ids) if len(ids) else []
 
 
 # ---- helpers -----------------------------------------------------------------------------------
