@@ -170,27 +170,33 @@ def apply_search_params(index, params: dict) -> None:
         h.efSearch = int(params["efSearch"])
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Row positions of the exact top-k by inner product (ties by position)."""
-    import faiss
-
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(np.ascontiguousarray(vectors, np.float32))
-    return flat.search(np.ascontiguousarray(queries, np.float32), k)[1]
-
-
-def exact_top_k_ids(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the exact top-k by inner product over (ids, vectors) batches, in bounded memory."""
+def exact_search(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-k by inner product over (ids, vectors) batches, in bounded memory: (scores, ids),
+    each [queries, k], best first, padded with -inf / -1 when fewer items exist. The one exact top-k
+    that index tuning, the sharded build and the Searcher's exact fallback share."""
     import faiss
 
     queries = np.ascontiguousarray(queries, np.float32)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     for ids, vecs in batches:
+        if not len(vecs):
+            continue
         dist, pos = faiss.knn(queries, np.ascontiguousarray(vecs, np.float32), min(k, len(vecs)),
                               metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(dist, np.where(pos >= 0, np.asarray(ids, np.int64)[np.maximum(pos, 0)], -1))
     heap.finalize()
-    return heap.I
+    return heap.D, heap.I
+
+
+def exact_top_k_ids(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of the exact top-k by inner product over (ids, vectors) batches (see exact_search)."""
+    return exact_search(batches, queries, k)[1]
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row positions of the exact top-k by inner product over in-memory vectors (see exact_search)."""
+    return exact_search([(np.arange(len(vectors)), vectors)], queries, k)[1]
 
 
 def noisy_queries(vectors: np.ndarray, seed: int = 0, noise: float = 0.02) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.faiss_index import index_family, ivf_of, rescore_depth
+from indexer.faiss_index import exact_search, index_family, ivf_of, rescore_depth
 from indexer.store import Store, id_array
 from search.filters import parse_filter, path_mask
 from search.hits import rescore
@@ -182,15 +182,8 @@ class Candidates:
 
     def exact_scored(self, Q: np.ndarray, depth: int, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-`depth` (ids, scores) per query over the given ids (or all live items), -1 padded."""
-        best_ids = np.full((len(Q), depth), -1, np.int64)
-        best = np.full((len(Q), depth), -np.inf, np.float32)
-        for block_ids, vecs in self.blocks(ids):
-            s = np.hstack([best, Q @ vecs.T])
-            b = np.hstack([best_ids, np.broadcast_to(block_ids, (len(Q), len(block_ids)))])
-            top = np.argpartition(-s, depth - 1, axis=1)[:, :depth] if s.shape[1] > depth else np.arange(s.shape[1])[None]
-            best = np.take_along_axis(s, top, axis=1) if s.shape[1] > depth else s
-            best_ids = np.take_along_axis(b, top, axis=1) if s.shape[1] > depth else b
-        return best_ids, best
+        scores, found = exact_search(self.blocks(ids), Q, depth)
+        return found, scores.astype(np.float32)
 
     def range_candidates(self, Q: np.ndarray, threshold: float, scope: Scope) -> list[np.ndarray]:
         """Candidate ids per query scoring about >= threshold (FAISS range search or deepening)."""
@@ -235,18 +228,8 @@ class Candidates:
 
     def exact(self, Q: np.ndarray, depth: int, ids: np.ndarray | None) -> list[np.ndarray]:
         """Exact top-`depth` candidate ids per query over the given ids (or all live items)."""
-        best_ids = [np.zeros(0, np.int64) for _ in Q]
-        best_scores = [np.zeros(0, np.float32) for _ in Q]
-        for block_ids, vecs in self.blocks(ids):
-            scores = Q @ vecs.T
-            for i in range(len(Q)):
-                s = np.concatenate([best_scores[i], scores[i]])
-                b = np.concatenate([best_ids[i], block_ids])
-                if len(s) > depth:
-                    top = np.argpartition(-s, depth - 1)[:depth]
-                    s, b = s[top], b[top]
-                best_scores[i], best_ids[i] = s, b
-        return best_ids
+        _, found = exact_search(self.blocks(ids), Q, depth)
+        return [row[row >= 0] for row in found]
 
     def exact_range(self, Q: np.ndarray, radius: float, ids: np.ndarray | None) -> list[np.ndarray]:
         found = [[] for _ in Q]
