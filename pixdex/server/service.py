@@ -70,7 +70,6 @@ class StoreService:
         fast = self._searcher.text_encoder if model is None else None
         if fast is not None:
             fast.encode_texts(["warm up"])  # text queries run on the fast path: ready now, no torch import
-            self._searcher.fast_encoder("image")  # image queries too, when the model has an image export
         else:
             self._searcher.encoder  # noqa: B018 - load the model now, not on the first request
         self.generation = self._searcher.store.manifest.get("generation")
