@@ -112,6 +112,7 @@ BATCH_ROWS = Bound(int, 1, 1 << 24)  # stored embeddings per tagging block
 TOP_K = Bound(int, 1, 1_000_000)  # labels per image
 SCORE_THRESHOLD = Bound(float, 0, 1)  # a label's probability-like score
 K = Bound(int, 1, 10_000_000)  # search results per query
+SUGGEST = Bound(int, 0, 100_000, "0 = no suggestions")  # images a tagging run proposes to label next
 COSINE = Bound(float, -1, 1)  # a search score threshold
 DEDUP = Bound(float, 0, 1, above=True)  # drop results this close to a better one
 TIMEOUT = Bound(float, 0, 3600, above=True)  # seconds to wait for an image URL

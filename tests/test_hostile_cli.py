@@ -289,12 +289,12 @@ def test_info_into_a_closed_pipe_exits_quietly(tiny_store):
 
 
 def test_an_unexpected_failure_is_one_line_with_rc_1(tiny_store, capsys, monkeypatch):
-    import pixdex.cli.index
+    import pixdex.cli.info
 
     def broken(args):
         raise RuntimeError("something nobody expected\nsecond line")
 
-    monkeypatch.setattr(pixdex.cli.index, "run_info", broken)
+    monkeypatch.setattr(pixdex.cli.info, "run_info", broken)
     monkeypatch.delenv("PIXDEX_DEBUG", raising=False)
     code, _, err = run(capsys, "info", tiny_store)
     assert code == 1 and err.count("\n") == 1

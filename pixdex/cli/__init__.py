@@ -10,7 +10,7 @@ import sys
 from indexer.errors import PixdexError
 
 # Each module exposes register(subparsers); the order here is the order in --help.
-COMMAND_MODULES = ["shapes", "index", "search", "duplicates", "classify", "serve", "demo"]
+COMMAND_MODULES = ["shapes", "index", "info", "search", "duplicates", "classify", "serve", "demo"]
 
 
 class Parser(argparse.ArgumentParser):

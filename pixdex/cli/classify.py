@@ -9,6 +9,7 @@ from indexer.models import DEFAULT_MODEL as CLASSIFIER_DEFAULT_MODEL  # same def
 from indexer.params import (
     BATCH_ROWS,
     SCORE_THRESHOLD,
+    SUGGEST,
     TIMEOUT,
     TOP_K,
     device_arg,
@@ -55,7 +56,7 @@ def register(sub) -> None:
     q.add_argument("--examples", default=None, metavar="CSV",
                    help="teach the labels by example: rows label,id_or_path (stored ids or image files); "
                    "the classifier starts from the zero-shot one and moves as far as the examples justify")
-    q.add_argument("--suggest", type=int, default=0, metavar="N",
+    q.add_argument("--suggest", type=SUGGEST.arg(), default=0, metavar="N",
                    help="also list the N stored images whose labels would help most (least certain, spread out)")
     q.add_argument("--batch-rows", type=BATCH_ROWS.arg(), default=4096,
                    help="embeddings per block (memory bound; default 4096)")

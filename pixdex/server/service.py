@@ -217,7 +217,7 @@ class StoreService:
         return labels, check_template(DEFAULT_TEMPLATE if template is None else template)
 
     def classify_ids(self, ids, labels, template: str | None, top_k=None) -> dict:
-        from pixdex.server.tagging import score_ids
+        from pixdex.server.zero_shot import score_ids
 
         labels, template = self.check_labels(labels, template)
         top_k = None if top_k is None else TOP_K.check(top_k, "top_k")
@@ -232,7 +232,7 @@ class StoreService:
             return {"results": score_ids(self, snap.store, ids, labels, template, top_k)}
 
     def classify_image(self, image, labels, template: str | None) -> dict:
-        from pixdex.server.tagging import score_image
+        from pixdex.server.zero_shot import score_image
 
         labels, template = self.check_labels(labels, template)
         with self.model_lock:
