@@ -215,3 +215,32 @@ def test_suggestions_are_uncertain_distinct_and_not_examples(shapes_store, truth
     margins = sorted(r["scores"][0] - r["scores"][1] for r in rows if r["id"] not in {i for _, i in pairs})
     assert max(s["margin"] for s in sugg) <= margins[20 * 8 - 1] + 1e-6  # from the least certain 160
     assert [s["margin"] for s in sugg] == sorted(s["margin"] for s in sugg)
+
+
+def test_api_classify_teaches_by_stored_examples_and_suggests(shapes_store, truth, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from pixdex.server.app import create_app
+
+    store = tmp_path / "store"
+    shutil.copytree(shapes_store, store)
+    client = TestClient(create_app(store), base_url="http://127.0.0.1")
+    by_label = single_object_ids(truth, "palette")
+    examples = [{"label": lab, "id": i} for lab in ("warm", "cool") for i in by_label[lab][:8]]
+    shown = by_label["warm"][8:20] + by_label["cool"][8:20]
+    body = {"ids": shown, "labels": ["warm", "cool"], "template": PALETTE_TEMPLATE}
+    zero = client.post("/api/classify", json=body).json()["results"]
+    out = client.post("/api/classify", json={**body, "examples": examples, "suggest": 4}).json()
+    assert out["classifier"]["examples"] == {"warm": 8, "cool": 8}
+    right = [r["labels"][0]["label"] == truth[r["id"]]["palette"] for r in out["results"]]
+    right0 = [r["labels"][0]["label"] == truth[r["id"]]["palette"] for r in zero]
+    assert np.mean(right) >= 0.8 and np.mean(right) > np.mean(right0)
+    assert len(out["suggestions"]) == 4 and not {s["id"] for s in out["suggestions"]} & {e["id"] for e in examples}
+    # the CLI's own checks, one line each, nothing scored
+    bad = client.post("/api/classify", json={**body, "examples": [{"label": "warm", "id": 10**9}]})
+    assert bad.status_code in (400, 404, 422) and "unknown id" in bad.json()["error"]
+    bad = client.post("/api/classify", json={**body, "examples": examples[:8]})
+    assert bad.status_code == 400 and "'cool' has no examples" in bad.json()["error"]
+    bad = client.post("/api/classify", json={**body, "examples": [{"label": "warm", "path": "/etc/passwd"}]})
+    assert bad.status_code in (400, 422) and "stored ids only" in bad.json()["error"]

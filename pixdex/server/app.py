@@ -130,7 +130,8 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
                                            _text(form.get("template")))
         body = await _json(request)
         return await run_in_threadpool(service.classify_ids, body.get("ids"), body.get("labels"),
-                                       body.get("template"), body.get("top_k"))
+                                       body.get("template"), body.get("top_k"), body.get("examples"),
+                                       body.get("suggest"))
 
     @app.get("/api/duplicates")
     def duplicates(threshold: float | None = None, tolerance: float | None = None, limit: int | None = None) -> dict:

@@ -216,7 +216,10 @@ class StoreService:
         labels = check_labels(labels, allow_duplicates=False, max_labels=self.limits.max_labels)
         return labels, check_template(DEFAULT_TEMPLATE if template is None else template)
 
-    def classify_ids(self, ids, labels, template: str | None, top_k=None) -> dict:
+    def classify_ids(self, ids, labels, template: str | None, top_k=None, examples=None, suggest=None) -> dict:
+        """Scores of stored ids; with `examples` ([{"label", "id"}]) by the labels they teach, and with
+        `suggest` the N images worth labelling next (pixdex.server.teach)."""
+        from pixdex.server import teach
         from pixdex.server.zero_shot import score_ids
 
         labels, template = self.check_labels(labels, template)
@@ -228,8 +231,12 @@ class StoreService:
         ids = [check_id(i, "ids: id") for i in ids]
         snap = self.current()
         self._require(snap, ids)
+        if examples is None and not suggest:
+            with self.model_lock:
+                return {"results": score_ids(self, snap.store, ids, labels, template, top_k)}
+        plan, suggest = teach.plan(examples, labels, snap.store, suggest, self.limits.max_ids)
         with self.model_lock:
-            return {"results": score_ids(self, snap.store, ids, labels, template, top_k)}
+            return teach.teach_and_score(self.encoder, snap.store, ids, labels, template, top_k, plan, suggest)
 
     def classify_image(self, image, labels, template: str | None) -> dict:
         from pixdex.server.zero_shot import score_image
