@@ -48,7 +48,8 @@ class ZeroShotClassifier:
         if kwargs:
             raise PixdexError(f"unexpected argument(s): {', '.join(sorted(kwargs))}")
         if image is None:
-            raise PixdexError("no image given: pass a path, URL, PIL image, bytes or base64 string (or a list)")
+            raise PixdexError("no image given: "
+                              "pass a path, URL, PIL image, bytes or base64 string (or a list)")
         labels = check_labels(candidate_labels)
         check_template(hypothesis_template)
         if top_k is not None:

@@ -61,8 +61,9 @@ class EvalReport:
         return asdict(self)
 
     def text(self) -> str:
-        lines = [(f"{self.evaluated} images ({self.missing} truth rows not in the store, {self.multi_label_rows} "
-                 f"with several labels), {len(self.labels)} labels: top-1 {self.top1:.3f}  top-5 {self.top5:.3f}"),
+        lines = [(f"{self.evaluated} images ({self.missing} truth rows not in the store, "
+                  f"{self.multi_label_rows} with several labels), {len(self.labels)} labels: "
+                  f"top-1 {self.top1:.3f}  top-5 {self.top5:.3f}"),
                  f"{'label':20s} {'support':>7s} {'precision':>9s} {'recall':>7s}"]
         for c in self.per_class:
             p = "-" if c.precision is None else f"{c.precision:.3f}"
@@ -143,7 +144,8 @@ def evaluate_store(
     report = EvalReport(str(st.path), str(truth), None if Path(truth).is_dir() else column, labels, len(tpl))
 
     meta = st.metadata().select(["id", "path"]).to_pydict()
-    by_path = {real(p): i for i, p in zip(meta["id"], meta["path"]) if p and not p.startswith(("http:", "https:"))}
+    by_path = {real(p): i for i, p in zip(meta["id"], meta["path"])
+               if p and not p.startswith(("http:", "https:"))}
     found = [(by_path[p], vs) for p, vs in truth_map.items() if p in by_path]
     report.missing = len(truth_map) - len(found)
     if not found:
@@ -200,7 +202,8 @@ def write_outputs(report: EvalReport, out_dir: Path, ids: np.ndarray, paths: lis
         w = csv.writer(fh)
         w.writerow(["id", "path", "truth", "predicted", "top5"])
         for i, p, vs, t in zip(ids.tolist(), paths, truths, top):
-            w.writerow([i, p, ";".join(vs), report.labels[int(t[0])], ";".join(report.labels[int(j)] for j in t)])
+            w.writerow([i, p, ";".join(vs), report.labels[int(t[0])],
+                        ";".join(report.labels[int(j)] for j in t)])
     plot_confusion(np.array(report.confusion), report.labels, out_dir / "confusion.png",
                    f"top-1 {report.top1:.3f}, {int(np.sum(report.confusion))} single-label images")
     (out_dir / "metrics.json").write_text(json.dumps(report.to_dict(), indent=2))

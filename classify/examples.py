@@ -120,12 +120,14 @@ def as_refs(examples) -> list[ExampleRef]:
     elif isinstance(examples, Sequence):
         pairs = examples
     else:
-        raise PixdexError("examples must be a CSV path, a list of (label, id_or_path) pairs or {label: [...]}")
+        raise PixdexError("examples must be a CSV path, a list of (label, id_or_path) pairs "
+                          "or {label: [...]}")
     refs = []
     for k, pair in enumerate(pairs):
         where = f"example {k + 1}"
         if isinstance(pair, Mapping):
-            if set(pair) - {"label", "id", "path"} or "label" not in pair or ("id" in pair) == ("path" in pair):
+            if (set(pair) - {"label", "id", "path"} or "label" not in pair
+                    or ("id" in pair) == ("path" in pair)):
                 raise PixdexError(f"{where}: give {{'label': ..., 'id': N}} or {{'label': ..., 'path': ...}}")
             pair = (pair["label"], pair.get("id", pair.get("path")))
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -146,7 +148,8 @@ def plan_examples(refs: Sequence[ExampleRef], labels: Sequence[str], store, mult
     seen: dict[int | str, int] = {}
     for ref in refs:
         if ref.label not in index:
-            raise PixdexError(f"{ref.where}: label {ref.label!r} is not one of the labels ({', '.join(labels)})")
+            raise PixdexError(f"{ref.where}: label {ref.label!r} is not one of the labels "
+                              f"({', '.join(labels)})")
         if isinstance(ref.item, int):
             try:
                 store.locate([ref.item])
@@ -162,7 +165,8 @@ def plan_examples(refs: Sequence[ExampleRef], labels: Sequence[str], store, mult
         elif j not in plan.label_sets[k]:
             if not multi:
                 other = labels[plan.label_sets[k][0]]
-                raise PixdexError(f"{ref.where}: {_name(ref.item)} is labelled both {other!r} and {ref.label!r}; "
+                raise PixdexError(f"{ref.where}: {_name(ref.item)} is labelled both {other!r} "
+                                  f"and {ref.label!r}; "
                                   "single-label tagging needs one label per image (or use --mode multi)")
             plan.label_sets[k].append(j)
     return plan

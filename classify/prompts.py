@@ -174,7 +174,8 @@ def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, float]]:
             try:
                 thresholds[label] = float(thr)
             except ValueError:
-                raise PixdexError(f"labels file {path}: threshold {thr.strip()!r} of {label!r} is not a number") from None
+                raise PixdexError(f"labels file {path}: threshold {thr.strip()!r} of {label!r} "
+                                  "is not a number") from None
     return check_labels(labels, allow_duplicates=False), thresholds
 
 
@@ -184,15 +185,19 @@ def check_template(template: str) -> str:
     if not isinstance(template, str):
         raise InvalidType(f"template {describe(template)} is not a string")
     if len(template) > MAX_LABEL_CHARS:
-        raise LimitExceeded(f"template of {len(template):,} characters exceeds the limit of {MAX_LABEL_CHARS:,}")
+        raise LimitExceeded(f"template of {len(template):,} characters exceeds the limit of "
+                            f"{MAX_LABEL_CHARS:,}")
     try:
-        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conv) for _, name, spec, conv in Formatter().parse(template)
+                  if name is not None]
     except ValueError as exc:
-        raise PixdexError(f"template {template!r} is not a valid format string ({exc}); use {{}} for the label") from None
+        raise PixdexError(f"template {template!r} is not a valid format string ({exc}); "
+                          "use {} for the label") from None
     if not fields:
         raise PixdexError(f"template {template!r} has no {{}} placeholder for the label")
     if fields != [("", "", None)]:
-        raise PixdexError(f"template {template!r} is not a valid format for one label: use exactly one plain {{}} "
+        raise PixdexError(f"template {template!r} is not a valid format for one label: "
+                          "use exactly one plain {} "
                           "(no names, positions, conversions or format specs)")
     return template
 
@@ -278,5 +283,6 @@ def label_thresholds(labels: Sequence[str], threshold: float | None,
     out = np.array([per_label.get(x, default) for x in labels], np.float64)
     bad = (out < 0) | (out > 1) | np.isnan(out)
     if bad.any():
-        raise PixdexError(f"threshold {out[bad][0]} of label {labels[int(np.argmax(bad))]!r} is not in [0, 1]")
+        raise PixdexError(f"threshold {out[bad][0]} of label {labels[int(np.argmax(bad))]!r} "
+                          "is not in [0, 1]")
     return out

@@ -1,4 +1,5 @@
-"""Where tags go: per-block results as tables, streamed to parquet/CSV/JSONL files or the store's tag columns."""
+"""Where tags go: per-block results as tables, streamed to parquet/CSV/JSONL files
+or the store's tag columns."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pyarrow.parquet as pq
 from indexer.errors import PixdexError
 from indexer.params import check_output_file
 
-OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
+                  ".ndjson": "jsonl"}
 
 
 @dataclass
@@ -95,9 +97,10 @@ class FileSink:
             import json
 
             if self._fh is None:
-                self._fh = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                self._fh = open(self.tmp, "w", encoding="utf-8")  # closed in close()
             for row in table.to_pylist():
-                self._fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n")
+                self._fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False,
+                                          default=_json_default) + "\n")
 
     def close(self, ok: bool = True) -> None:
         for obj in (self._writer, self._fh):

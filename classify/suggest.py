@@ -26,7 +26,8 @@ class Suggestion:
 
     id: int
     path: str
-    margin: float  # single: score of the best label minus the second's; multi: |score - threshold| of the closest label
+    # single: score of the best label minus the second's; multi: |score - threshold| of the closest label
+    margin: float
     label: str  # current best label (multi: the label nearest its threshold)
     runner_up: str | None  # single: the second label
 

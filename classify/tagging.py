@@ -134,7 +134,8 @@ def check_tag_name(name: str, columns: Iterable[str] = ()) -> str:
         raise PixdexError(f"--save-as {name!r}: use letters, digits and _ (not starting with a digit), "
                           "so that search --where can name it")
     if name.lower().endswith("_score"):
-        raise PixdexError(f"--save-as {name!r}: a tag set name may not end in _score (its scores go in NAME_score)")
+        raise PixdexError(f"--save-as {name!r}: a tag set name may not end in _score "
+                          "(its scores go in NAME_score)")
     taken = {c.lower(): c for c in [*BASE_COLUMNS, *columns]}
     for new in (name, f"{name}_score"):
         if new.lower() in taken:
@@ -143,7 +144,8 @@ def check_tag_name(name: str, columns: Iterable[str] = ()) -> str:
 
 
 def store_columns(store: Store, replacing: str | None = None) -> list[str]:
-    """Every metadata column of the store except those of the tag set `replacing` (file schemas only, no rows)."""
+    """Every metadata column of the store except those of the tag set `replacing`
+    (file schemas only, no rows)."""
     files = [s["metadata"] for s in store.manifest["shards"]]
     files += [rel for name, rel in sorted((store.manifest.get("tags") or {}).items()) if name != replacing]
     cols: set[str] = set()
@@ -180,8 +182,10 @@ class TagSummary:
         where = ", ".join(x for x in (self.out and f"wrote {self.out}",
                                        self.save_as and f"saved as tag set '{self.save_as}'") if x)
         return (f"tagged {self.tagged} of {self.images} images against {self.labels} labels "
-                f"({self.mode}-label, {self.templates} template{'s' * (self.templates != 1)}{self.taught()}) in "
-                f"{self.seconds:.1f} s ({self.images_per_second:,.0f} images/s)" + (f"; {where}" if where else ""))
+                f"({self.mode}-label, {self.templates} template{'s' * (self.templates != 1)}"
+                f"{self.taught()}) in "
+                f"{self.seconds:.1f} s ({self.images_per_second:,.0f} images/s)"
+                + (f"; {where}" if where else ""))
 
     def taught(self) -> str:
         if not self.classifier:
@@ -282,7 +286,8 @@ def tag_store(
     suggest = check_suggest(suggest)
     sink = FileSink(out) if out is not None else None  # checks the path; writes nothing yet
     enc = store_encoder(st, model, device)
-    label_set = teach_label_set(st, enc, LabelSet.build(enc, labels, tpl, background if mode == "multi" else None),
+    label_set = teach_label_set(st, enc,
+                                LabelSet.build(enc, labels, tpl, background if mode == "multi" else None),
                                 plan, mode, thr)
     if mode == "multi":
         thr = label_set.thresholds
@@ -291,7 +296,8 @@ def tag_store(
     lists = mode == "multi" or (top_k or 1) > 1
     label_arr = pa.array(labels, pa.string())
     tags = TagColumns(save_as, multi=mode == "multi") if save_as is not None else None
-    summary = TagSummary(str(st.path), mode, len(labels), len(tpl), out=str(out) if out else None, save_as=save_as,
+    summary = TagSummary(str(st.path), mode, len(labels), len(tpl), out=str(out) if out else None,
+                         save_as=save_as,
                          classifier=label_set.info() if label_set.fit is not None else None)
     counts: Counter = Counter()
     start = time.perf_counter()
@@ -312,7 +318,8 @@ def tag_store(
                 if emit is not None:
                     emit(table)
         if sink is not None and summary.images == 0:  # an empty store still gets a file with the columns
-            empty = TagBlock(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+            empty = TagBlock(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32),
+                             np.zeros(0, np.float32))
             sink.write(block_table(empty, label_arr, pa.array([], pa.string()), lists))
         ok = True
     finally:

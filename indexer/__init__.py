@@ -16,8 +16,8 @@ _EXPORTS = {
     "DEFAULT_MODEL": "indexer.models", "resolve_model": "indexer.models",
     "Store": "indexer.store", "StoreWriter": "indexer.store",
 }
-__all__ = ["DEFAULT_MODEL", "Encoder", "IndexSummary", "ModelInfo", "ModelMismatchError", "PixdexError", "Store",
-           "StoreWriter", "get_encoder", "index_collection", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "Encoder", "IndexSummary", "ModelInfo", "ModelMismatchError", "PixdexError",
+           "Store", "StoreWriter", "get_encoder", "index_collection", "resolve_model"]
 
 
 def __getattr__(name: str):

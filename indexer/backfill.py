@@ -77,7 +77,7 @@ def _read(row: dict, scanned: dict[str, SourceItem], skip: set[str]) -> PhotoMet
     if item is not None:
         try:
             data = item_bytes(item)  # None for a plain file: its header is read from disk below
-        except Exception:  # noqa: BLE001 - unreadable now: the row waits for a later run
+        except Exception:  # unreadable now: the row waits for a later run
             return None
         if data is not None:
             return photo_meta_from_bytes(data)

@@ -123,7 +123,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
             scale = 65535.0
         else:  # 32-bit int or float: use the data's own range, 16-bit if it fits there
             top = float(arr.max()) if arr.size else 0.0
-            scale = 1.0 if mode == "F" and top <= 1.0 else (255.0 if top <= 255 else 65535.0 if top <= 65535 else top)
+            scale = 1.0 if mode == "F" and top <= 1.0 else (255.0 if top <= 255 else
+                                                            65535.0 if top <= 65535 else top)
         arr = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if mode == "CMYK":
@@ -190,7 +191,7 @@ def late_orientation(img: Image.Image) -> int:
         exif = Image.Exif()
         exif.load(raw)
         value = exif.get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - hostile EXIF: the pixels are fine, keep them as stored
+    except Exception:  # hostile EXIF: the pixels are fine, keep them as stored
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -217,7 +218,8 @@ def read_file(path: str | os.PathLike) -> bytes:
         raise DecodeError("is a directory") from None
     except FileNotFoundError:
         if os.path.islink(path):
-            raise DecodeError(f"dangling symbolic link (to {os.readlink(path)}, which does not exist)") from None
+            raise DecodeError(f"dangling symbolic link (to {os.readlink(path)}, "
+                              "which does not exist)") from None
         raise DecodeError("file not found") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:

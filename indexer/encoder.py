@@ -60,7 +60,8 @@ def _first_line(exc: Exception) -> str:
 
 @contextmanager
 def quiet_transformers():
-    """Hide transformers' weight-loading bars and advisory warnings while a model loads (errors still raise)."""
+    """Hide transformers' weight-loading bars and advisory warnings while a model loads
+    (errors still raise)."""
     from transformers.utils import logging as hf_logging
 
     bars_were_off = hf_logging.is_progress_bar_enabled() is False
@@ -98,12 +99,14 @@ class Encoder:
                 self.model = AutoModelForZeroShotImageClassification.from_pretrained(self.path, dtype=dtype)
                 self.processor = AutoProcessor.from_pretrained(self.path)
         except ImportError as exc:
-            raise PixdexError(f"model '{model}' needs a package that is not installed: {_first_line(exc)}") from None
+            raise PixdexError(f"model '{model}' needs a package that is not installed: "
+                              f"{_first_line(exc)}") from None
         except ValueError as exc:
             if isinstance(exc, json.JSONDecodeError):  # a damaged config.json
                 raise explain_load_failure(model, exc, self.path) from None
-            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: {_first_line(exc)}") from None
-        except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, torch errors: damaged or missing files
+            raise PixdexError(f"model '{model}' is not a CLIP-style zero-shot image model: "
+                              f"{_first_line(exc)}") from None
+        except Exception as exc:  # OSError, SafetensorError, torch errors: damaged or missing files
             raise explain_load_failure(model, exc, self.path) from None
         self.model.to(self.device).eval()
         self.config = self.model.config

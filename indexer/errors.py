@@ -42,7 +42,8 @@ class StoreWriteError(PixdexError, OSError):
 
 
 class InvalidValue(PixdexError, ValueError):
-    """An argument of the right kind with a value that is not allowed (Python callers may catch ValueError)."""
+    """An argument of the right kind with a value that is not allowed
+    (Python callers may catch ValueError)."""
 
 
 class InvalidType(PixdexError, TypeError):

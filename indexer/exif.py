@@ -86,7 +86,7 @@ def photo_meta(img: Image.Image) -> PhotoMeta:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns "possibly corrupt EXIF data": we report our own
             exif = Image.Image.getexif(img)  # the base reader: PNG's override would decode the image
-    except Exception as exc:  # noqa: BLE001 - hostile EXIF of any kind: no metadata, one warning
+    except Exception as exc:  # hostile EXIF of any kind: no metadata, one warning
         meta.problems.append(f"unreadable EXIF ({_reason(exc)})")
         exif = Image.Exif()
     _fill(meta, exif)
@@ -102,7 +102,7 @@ def photo_meta_from_bytes(data: bytes) -> PhotoMeta:
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:
                 return photo_meta(img)
-    except Exception as exc:  # noqa: BLE001 - not an image: the decoder reports that, not us
+    except Exception as exc:  # not an image: the decoder reports that, not us
         return PhotoMeta(problems=[f"unreadable header ({_reason(exc)})"])
 
 
@@ -142,7 +142,7 @@ def _ifd(meta: PhotoMeta, exif: Image.Exif, tag: int, name: str) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return dict(exif.get_ifd(tag))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         meta.problems.append(f"unreadable {name} IFD ({_reason(exc)})")
         return {}
 
@@ -150,7 +150,7 @@ def _ifd(meta: PhotoMeta, exif: Image.Exif, tag: int, name: str) -> dict:
 def _get(meta: PhotoMeta, ifd, tag: int):
     try:
         return ifd.get(tag)
-    except Exception as exc:  # noqa: BLE001 - a lazily read value that does not parse
+    except Exception as exc:  # a lazily read value that does not parse
         meta.problems.append(f"unreadable tag 0x{tag:04x} ({_reason(exc)})")
         return None
 
@@ -288,5 +288,5 @@ def photo_meta_from_path(path: str) -> PhotoMeta:
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 return photo_meta(img)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return PhotoMeta(problems=[f"unreadable header ({_reason(exc)})"])

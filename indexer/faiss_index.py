@@ -68,7 +68,8 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, index_type: st
     budget = max_memory or float("inf")
     if index_type == "auto":
         if n < EXACT_LIMIT and n * bytes_per_vector("flat", dim) <= budget:
-            return IndexSpec("flat", "Flat", reason=f"{n} vectors < {EXACT_LIMIT}: exact search is fast enough")
+            return IndexSpec("flat", "Flat",
+                             reason=f"{n} vectors < {EXACT_LIMIT}: exact search is fast enough")
         if n <= HNSW_LIMIT and n * bytes_per_vector("hnsw", dim) <= budget:
             return IndexSpec("hnsw", f"HNSW{HNSW_M}", reason=f"{n} vectors fit in memory: HNSW{HNSW_M}")
         if n * bytes_per_vector("ivf", dim) <= budget:
@@ -85,12 +86,14 @@ def choose_index(n: int, dim: int, max_memory: int | None = None, index_type: st
         code = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"
         return IndexSpec("ivfpq", f"IVF{nlist},{code}", nlist, m,
                          reason=f"{code}: about {m * nbits // 8 + 8} bytes/vector, within the memory budget")
-    why = "asked for ivf" if index_type == "ivf" else f"ivfpq needs >= {MIN_PQ_TRAIN} vectors to train; IVF-Flat instead"
+    why = ("asked for ivf" if index_type == "ivf"
+           else f"ivfpq needs >= {MIN_PQ_TRAIN} vectors to train; IVF-Flat instead")
     return IndexSpec("ivf", f"IVF{nlist},Flat", nlist, reason=why)
 
 
 def default_nlist(n: int) -> int:
-    """IVF lists for n vectors: ~4*sqrt(n) (autofaiss's rule), capped at n/39 so each centroid trains on ~39."""
+    """IVF lists for n vectors: ~4*sqrt(n) (autofaiss's rule), capped at n/39 so each centroid
+    trains on ~39."""
     nlist = max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
     return max(1, min(nlist, n // 39 or 1))
 
@@ -121,13 +124,15 @@ def new_index(spec: IndexSpec, dim: int):
     return inner if spec.type.startswith("ivf") else faiss.IndexIDMap2(inner)
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, train_sample: int = 200_000, seed: int = 0):
+def build_index(vectors: np.ndarray, ids: np.ndarray, spec: IndexSpec, train_sample: int = 200_000,
+                seed: int = 0):
     """A trained FAISS index holding `vectors` under `ids` (in-memory arrays; see index_build for stores)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index = new_index(spec, vectors.shape[1])
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        sample = vectors if len(vectors) <= train_sample else vectors[rng.choice(len(vectors), train_sample, False)]
+        sample = (vectors if len(vectors) <= train_sample
+                  else vectors[rng.choice(len(vectors), train_sample, False)])
         index.train(sample)
     if len(vectors):
         index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
@@ -189,7 +194,8 @@ def exact_search(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.n
     return heap.D, heap.I
 
 
-def exact_top_k_ids(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+def exact_top_k_ids(batches: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
+                    k: int) -> np.ndarray:
     """Ids of the exact top-k by inner product over (ids, vectors) batches (see exact_search)."""
     return exact_search(batches, queries, k)[1]
 
@@ -241,7 +247,8 @@ def tune_params(index, queries: np.ndarray, truth: np.ndarray, spec: IndexSpec,
         name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
     else:
         nlist = spec.nlist or ivf_of(index).nlist
-        name, values = "nprobe", sorted({v for v in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, nlist] if v <= nlist})
+        name, values = "nprobe", sorted({v for v in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, nlist]
+                                         if v <= nlist})
     rescored = index_family(spec.type) == "ivfpq"
     depth = rescore_depth(k) if rescored else k
     best, best_key = None, -1.0
@@ -263,7 +270,8 @@ def tune_params(index, queries: np.ndarray, truth: np.ndarray, spec: IndexSpec,
 # ---- opening ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def faiss_chatter_to_stderr() -> Iterator[None]:
-    """Send what FAISS's C++ code prints to stdout (on-disk list notices) to stderr, so --json output stays clean."""
+    """Send what FAISS's C++ code prints to stdout (on-disk list notices) to stderr,
+    so --json output stays clean."""
     sys.stdout.flush()
     libc = ctypes.CDLL(None)
     saved = os.dup(1)

@@ -1,4 +1,5 @@
-"""Store ids as the rest of the system takes them: whole numbers within int64, checked before numpy sees them."""
+"""Store ids as the rest of the system takes them: whole numbers within int64,
+checked before numpy sees them."""
 
 from __future__ import annotations
 

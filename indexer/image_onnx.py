@@ -74,7 +74,7 @@ def load_image_encoder(fingerprint: str) -> tuple[OnnxImageEncoder | None, str]:
             return None, found.reason
         try:
             enc = OnnxImageEncoder(export_dir(fingerprint, "image"), found.sidecar)
-        except Exception as exc:  # noqa: BLE001 - any unloadable export means: use transformers
+        except Exception as exc:  # any unloadable export means: use transformers
             return None, f"cannot load the fast image export ({exc.__class__.__name__}: {str(exc)[:120]})"
         _LOADED[fingerprint] = enc
         return enc, ""

@@ -57,7 +57,8 @@ def update_index(writer: StoreWriter, index_type: str = "auto", max_memory: int 
                  log: Callable[[str], None] = print, engine: str = "local") -> dict:
     """Bring the index up to date with the committed rows; returns the manifest's index record.
 
-    `index_type` auto keeps the type the store's index was explicitly built with (e.g. an earlier --index ivf).
+    `index_type` auto keeps the type the store's index was explicitly built with
+    (e.g. an earlier --index ivf).
     sharded / sharded-parts rebuild by parts (indexer.sharded_index) whenever the rows changed; with
     engine="ray" the parts are Ray tasks.
     """
@@ -72,9 +73,12 @@ def update_index(writer: StoreWriter, index_type: str = "auto", max_memory: int 
             from indexer.ray_engine import ray_runner as runner
         else:
             runner = process_runner
-        return build_sharded(writer, max_memory=max_memory, merge=requested == "sharded", runner=runner, log=log)
-    choice = "auto" if requested in SHARDED_REQUEST_TYPES else requested  # too few vectors for a sharded build
-    spec = choose_index(n, snap.dim, max_memory, choice) if n else IndexSpec("flat", "Flat", reason="empty store")
+        return build_sharded(writer, max_memory=max_memory, merge=requested == "sharded", runner=runner,
+                             log=log)
+    # too few vectors for a sharded build
+    choice = "auto" if requested in SHARDED_REQUEST_TYPES else requested
+    spec = (choose_index(n, snap.dim, max_memory, choice) if n
+            else IndexSpec("flat", "Flat", reason="empty store"))
     if snap.index_is_current() and spec.type == info.get("type"):
         if requested != info.get("requested", "auto"):
             writer.set_index(replace(IndexRecord.from_dict(info), requested=requested))
@@ -100,10 +104,11 @@ def update_index(writer: StoreWriter, index_type: str = "auto", max_memory: int 
 
     write_atomic(writer.path / rel, lambda p: faiss.write_index(index, str(p)))
     ivf = ivf_of(index)
-    record = IndexRecord(spec.type, spec.factory, int(ivf.nlist) if ivf is not None else spec.nlist, spec.pq_m,
-                         spec.reason, file=rel, rows=snap.manifest["counts"]["rows"], deleted=len(snap.deleted_ids),
-                         max_id=int(snap.manifest["next_id"]) - 1, trained_on=trained_on, requested=requested,
-                         how=how, build_seconds=round(time.perf_counter() - t0, 3))
+    record = IndexRecord(spec.type, spec.factory, int(ivf.nlist) if ivf is not None else spec.nlist,
+                         spec.pq_m, spec.reason, file=rel, rows=snap.manifest["counts"]["rows"],
+                         deleted=len(snap.deleted_ids), max_id=int(snap.manifest["next_id"]) - 1,
+                         trained_on=trained_on, requested=requested, how=how,
+                         build_seconds=round(time.perf_counter() - t0, 3))
     writer.set_index(with_tuning(record, tuned, int(index.ntotal)) if tuned else record)
     return writer.manifest["index"]
 

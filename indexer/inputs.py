@@ -54,8 +54,9 @@ def fetch_url(url: str, timeout: float | None = DEFAULT_URL_TIMEOUT, max_bytes: 
                 size += len(chunk)
     except PixdexError:
         raise
-    except Exception as exc:  # noqa: BLE001 - urllib raises many kinds; all mean "could not fetch"
-        raise PixdexError(f"cannot fetch image URL {url}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    except Exception as exc:  # urllib raises many kinds; all mean "could not fetch"
+        raise PixdexError(f"cannot fetch image URL {url}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     if size > max_bytes:
         raise PixdexError(f"image URL {url} is larger than {max_bytes:,} bytes")
     return b"".join(chunks)
@@ -106,12 +107,13 @@ def input_bytes(item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT) -
     try:
         return base64.b64decode(item, validate=True), "<base64>"
     except (binascii.Error, ValueError):
-        raise PixdexError(f"image input is neither an existing path, a URL nor base64: {item[:60]!r}") from None
+        raise PixdexError("image input is neither an existing path, a URL nor base64: "
+                          f"{item[:60]!r}") from None
 
 
 def load_image_input(
-    item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    option: str = "--max-pixels",
+    item: ImageInput, timeout: float | None = DEFAULT_URL_TIMEOUT,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, option: str = "--max-pixels",
 ) -> Image.Image:
     """Any supported image input as an RGB PIL image; PixdexError names the input and the reason."""
     if isinstance(item, Image.Image):  # an opened, maybe not yet decoded image: its declared size first

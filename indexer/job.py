@@ -45,7 +45,8 @@ class IndexSummary:
     reused: int = 0  # new paths whose content was stored, or encoded earlier in this run: no encoding
     removed: int = 0  # stored files that are gone
     failed: int = 0  # files that could not be read or decoded (see the store's error table)
-    photo_filled: int = 0  # stored rows of an older store given their photo columns (headers read, no encoding)
+    # stored rows of an older store given their photo columns (headers read, no encoding)
+    photo_filled: int = 0
     metadata_warnings: int = 0  # images whose EXIF/XMP was partly unreadable (those fields are null)
     encoded: int = 0  # images that went through the model
     seconds: float = 0.0
@@ -56,7 +57,8 @@ class IndexSummary:
 
     def line(self) -> str:
         return (
-            f"indexed {self.indexed}, unchanged {self.unchanged}, updated {self.updated}, reused {self.reused}, "
+            f"indexed {self.indexed}, unchanged {self.unchanged}, updated {self.updated}, "
+            f"reused {self.reused}, "
             f"removed {self.removed}, failed {self.failed} in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s); store has {self.count} items"
             + (f"; photo columns added to {self.photo_filled} stored items" if self.photo_filled else "")
@@ -94,7 +96,8 @@ def stored_rows(snap: Store) -> dict[str, OldRow]:
     """path -> stored row, for every live row."""
     meta = snap.metadata().select(["id", "path", "bytes", "mtime", "sha256", "width", "height"]).to_pydict()
     return {snap.real_path(p): OldRow(i, s, m, h, w, ht) for i, p, s, m, h, w, ht in zip(
-        meta["id"], meta["path"], meta["bytes"], meta["mtime"], meta["sha256"], meta["width"], meta["height"])}
+        meta["id"], meta["path"], meta["bytes"], meta["mtime"], meta["sha256"], meta["width"],
+        meta["height"])}
 
 
 def plan_work(items: list[SourceItem], by_path: dict[str, OldRow], error_paths: list[str],
@@ -148,8 +151,10 @@ class _Batcher:
         self.to_encode = 0
         self.encoded = 0
 
-    def add(self, row: dict, pixels: dict | None = None, vector: np.ndarray | None = None, fresh: bool = False) -> None:
-        """Queue a row with its pixels to encode, or its vector (fresh: just encoded elsewhere, e.g. by Ray)."""
+    def add(self, row: dict, pixels: dict | None = None, vector: np.ndarray | None = None,
+            fresh: bool = False) -> None:
+        """Queue a row with its pixels to encode, or its vector
+        (fresh: just encoded elsewhere, e.g. by Ray)."""
         if pixels is not None:
             self.queued.setdefault(row["sha256"], len(self.queue))
         self.queue.append((row, pixels, vector, None))
@@ -190,8 +195,8 @@ class _Batcher:
         self.queue, self.queued, self.to_encode = [], {}, 0
 
 
-def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash: dict[str, OldRow], snap: Store,
-             summary: IndexSummary, bar, log: Callable[[str], None]) -> None:
+def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash: dict[str, OldRow],
+             snap: Store, summary: IndexSummary, bar, log: Callable[[str], None]) -> None:
     """Turn prepared items into store rows: errors, touched files, reused embeddings, images to encode."""
     for item, prep in stream:
         old = plan.changed.get(item.key)
@@ -225,8 +230,8 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
         if reuse is not None:
             batcher.add(row, vector=snap.vectors([reuse.id])[0])
             summary.reused += old is None
-        elif prep.pixels is not None and batcher.add_copy(row):  # a copy of a file encoded earlier in this run
-            summary.reused += old is None
+        elif prep.pixels is not None and batcher.add_copy(row):
+            summary.reused += old is None  # a copy of a file encoded earlier in this run
         elif prep.embedding is not None:  # embedded by the Ray engine's actors
             batcher.add(row, vector=prep.embedding, fresh=True)
             summary.indexed += old is None
@@ -274,9 +279,11 @@ def index_collection(
         check_device(device)
     t0 = time.perf_counter()
     # with Ray the driver only needs the model's facts (name, fingerprint, processor): the actors embed
-    encoder = model if isinstance(model, Encoder) else Encoder(model, device="cpu" if engine == "ray" else device)
+    encoder = (model if isinstance(model, Encoder)
+               else Encoder(model, device="cpu" if engine == "ray" else device))
     summary = IndexSummary(store=str(store))
-    with local_store(store, publish=True) as path, StoreWriter(path, encoder.info, shard_rows=shard_rows) as writer:
+    with (local_store(store, publish=True) as path,
+          StoreWriter(path, encoder.info, shard_rows=shard_rows) as writer):
         snap = writer.snapshot()
         by_path = stored_rows(snap)
         by_hash = {row.sha256: row for row in by_path.values()}
@@ -294,11 +301,13 @@ def index_collection(
         if engine == "ray":
             from indexer.ray_engine import ray_prepared_stream
 
-            setup = DecodeSetup(encoder.image_processor, max_pixels, encoder.image_size, frozenset(plan.gone_hashes))
+            setup = DecodeSetup(encoder.image_processor, max_pixels, encoder.image_size,
+                                frozenset(plan.gone_hashes))
             stream = ray_prepared_stream(plan.work, encoder, setup, batch_size, workers,
                                          gpus_per_worker, ray_address, device, log)
         else:
-            setup = DecodeSetup(encoder.image_processor, max_pixels, encoder.image_size, frozenset(plan.gone_hashes))
+            setup = DecodeSetup(encoder.image_processor, max_pixels, encoder.image_size,
+                                frozenset(plan.gone_hashes))
             stream = prepared_stream(plan.work, workers, setup, 4 * batch_size)
         try:
             _consume(stream, plan, writer, batcher, by_hash, snap, summary, bar, log)
@@ -345,11 +354,13 @@ def check_index_params(batch_size: int, workers: int | None, shard_rows: int, ma
 
 
 def write_fast_exports(encoder: Encoder, log: Callable[[str], None]) -> None:
-    """Leave the model's ONNX exports (indexer.onnx_export) so later queries skip torch; never fails the job."""
+    """Leave the model's ONNX exports (indexer.onnx_export) so later queries skip torch;
+    never fails the job."""
     from indexer.onnx_export import ensure_exports
 
     try:
         ensure_exports(encoder, log)
-    except Exception as exc:  # noqa: BLE001 - the store is committed; queries fall back to transformers
-        log(f"fast query exports: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    except Exception as exc:  # the store is committed; queries fall back to transformers
+        log(f"fast query exports: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
 

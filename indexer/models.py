@@ -31,7 +31,7 @@ def registered_models() -> dict[str, str]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             found[ep.name] = str(ep.load()())
-        except Exception:  # noqa: BLE001, S112 - a broken plugin must not break model loading
+        except Exception:  # a broken plugin must not break model loading
             continue
     return found
 
@@ -70,7 +70,8 @@ def explain_load_failure(name: str, exc: Exception, path: str | None = None) -> 
         return PixdexError(f"cannot load model '{name}': its files in {folder} are damaged or incomplete "
                            f"({type(exc).__name__}: {first[:160]})")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it is not cached and the hub is unreachable"
+    why = ("the hub is offline (HF_HUB_OFFLINE=1)" if offline
+           else "it is not cached and the hub is unreachable")
     return PixdexError(
         f"cannot load model '{name}': {why} or it does not exist ({first[:160]}). "
         f"Pass a local directory with --model PATH (for example a save_pretrained folder), "

@@ -102,7 +102,8 @@ def check_export(fingerprint: str, tower: str) -> ExportCheck:
     except (OSError, ValueError) as exc:
         return ExportCheck(None, f"unreadable {tower} export sidecar ({exc.__class__.__name__})")
     try:
-        if meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint or meta.get("tower") != tower:
+        if (meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint
+                or meta.get("tower") != tower):
             return ExportCheck(None, f"{tower} export was written for another format or model")
         for p, size, mtime in meta["sources"]:
             st = os.stat(p)

@@ -4,10 +4,11 @@ Each export is checked before it is published. Text: on probe texts (short, long
 upper case and punctuation, non-ASCII, empty after stripping) the replayed tokenizer must give exactly the
 transformers tokenizer's ids and mask, and onnxruntime's embeddings must match Encoder.encode_texts within
 cosine MIN_COSINE, one by one and as a padded batch. Image: on probe images of several sizes and aspect
-ratios (one smaller than the crop), onnxruntime on indexer.pixels' resize+crop must match Encoder.encode_images
-(the model's own processor) within MIN_COSINE. A model that fails gets a sidecar that says so (its queries
-keep transformers, without a retry on every query until its files change). Files are written under temporary
-names and renamed; the sidecar comes last, so a reader never sees half an export.
+ratios (one smaller than the crop), onnxruntime on indexer.pixels' resize+crop must match
+Encoder.encode_images (the model's own processor) within MIN_COSINE. A model that fails gets a sidecar
+that says so (its queries keep transformers, without a retry on every query until its files change).
+Files are written under temporary names and renamed; the sidecar comes last, so a reader never sees
+half an export.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from indexer.text_tokens import QueryTokenizer, TokenSpec
 MIN_COSINE = 0.9999
 TEXT_PROBES = [
     "a red circle", "A Photo of a DOG!!", "  spaced   out\ttext \n", "naïve café, 日本語 🙂 Ünïcödé",
-    "!!!", " ", "a", "x " * 120, "the quick brown fox jumps over the lazy dog " * 12, "it's a <b>bold</b> move",
+    "!!!", " ", "a", "x " * 120, "the quick brown fox jumps over the lazy dog " * 12,
+    "it's a <b>bold</b> move",
 ]
 IMAGE_PROBE_SIZES = [(640, 480), (300, 500), (224, 224), (40, 30), (1000, 90)]  # (width, height)
 STALE_TMP_SECONDS = 3600
@@ -118,10 +120,12 @@ def ensure_export(encoder: Encoder, tower: str, cpu: list[Encoder] | None = None
     except Unsupported as exc:
         save_json(folder / SIDECAR, {**head, "ok": False, "why": str(exc)})
         return False, f"model {CANNOT} for {tower}s: {exc}"
-    meta.update(head, ok=True, dim=encoder.dim, family=encoder.family, seconds=round(time.perf_counter() - t0, 2),
+    meta.update(head, ok=True, dim=encoder.dim, family=encoder.family,
+                seconds=round(time.perf_counter() - t0, 2),
                 versions={"torch": torch.__version__, "onnxruntime": _ort_version()})
     save_json(folder / SIDECAR, meta)
-    _sweep(folder, keep={rec["file"] for rec in (meta.get("graph"), meta.get("tokenizer")) if rec} | {SIDECAR})
+    _sweep(folder,
+           keep={rec["file"] for rec in (meta.get("graph"), meta.get("tokenizer")) if rec} | {SIDECAR})
     return True, ""
 
 
@@ -181,7 +185,8 @@ def token_spec(encoder: Encoder) -> tuple[TokenSpec, bytes]:
     if type(tok).__name__ == "SiglipTokenizer" and vocab and os.path.isfile(vocab):
         specials = sorted({str(t) for t in tok.all_special_tokens} | {str(t) for t in tok.get_added_vocab()})
         return TokenSpec(kind="sentencepiece", file="spiece.model", eos_id=int(tok.eos_token_id),
-                         unk_token=str(tok.unk_token), do_lower_case=bool(getattr(tok, "do_lower_case", True)),
+                         unk_token=str(tok.unk_token),
+                         do_lower_case=bool(getattr(tok, "do_lower_case", True)),
                          specials=tuple(specials), **common), Path(vocab).read_bytes()
     raise Unsupported(f"no replayable tokenizer for {type(tok).__name__}")
 
@@ -213,8 +218,8 @@ def _write_image(encoder: Encoder, folder: Path) -> dict:
         _export(_ImageTower(encoder.model, plan), (example,), tmp / "graph.onnx", names=["pixels"],
                 axes={"pixels": {0: "batch"}})
         sess = session(tmp / "graph.onnx")
-        cosine = _lowest_cosine(encoder.encode_images(probes), sess.run(None, {"pixels": pixels(probes, plan)})[0],
-                                "image")
+        cosine = _lowest_cosine(encoder.encode_images(probes),
+                                sess.run(None, {"pixels": pixels(probes, plan)})[0], "image")
         graph = _publish(tmp / "graph.onnx", folder, "image")
     return {"graph": graph, "pixels": asdict(plan),
             "checked": {"probes": len(probes), "min_cosine": round(cosine, 8)}}
@@ -241,7 +246,7 @@ def _export(module: torch.nn.Module, args: tuple, out: Path, names: list[str], a
             torch.onnx.export(module.eval(), args, str(out), dynamo=False, input_names=names,
                               output_names=["embeds"], dynamic_axes=axes, opset_version=17,
                               do_constant_folding=True)
-    except Exception as exc:  # noqa: BLE001 - any exporter failure means this model keeps transformers
+    except Exception as exc:  # any exporter failure means this model keeps transformers
         raise Unsupported(f"ONNX export failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}")
     if not out.is_file():
         raise Unsupported("ONNX export wrote no file (external weights are not supported)")

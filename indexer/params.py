@@ -67,7 +67,8 @@ class Bound:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             return None
         if self.kind is int:
-            if not isinstance(value, numbers.Integral) and not (math.isfinite(value) and float(value).is_integer()):
+            if not isinstance(value, numbers.Integral) and not (math.isfinite(value)
+                                                                and float(value).is_integer()):
                 return None
             value = int(value)
         else:
@@ -84,8 +85,8 @@ class Bound:
         kind = "a whole number" if self.kind is int else "a number"
         fmt = (lambda x: str(int(x))) if self.kind is int else (lambda x: f"{x:g}")
         if self.low is not None and self.high is not None:
-            span = f" {'above' if self.above else 'from'} {fmt(self.low)} {'and <=' if self.above else 'to'} " \
-                f"{fmt(self.high)}"
+            span = f" {'above' if self.above else 'from'} {fmt(self.low)} " \
+                f"{'and <=' if self.above else 'to'} {fmt(self.high)}"
         elif self.low is not None:
             span = f" {'>' if self.above else '>='} {fmt(self.low)}"
         elif self.high is not None:
@@ -120,10 +121,12 @@ COUNT = Bound(int, 1, 1_000_000)  # generated images
 SEED = Bound(int, 0, 2**63 - 1)
 PORT = Bound(int, 0, 65_535, "0 = any free port")
 LIMIT = Bound(int, 1, None)  # a server bound such as max-k or max-labels
-DUP_THRESHOLD = Bound(float, 0, 1, above=True)  # cosine above which two stored images are duplicate candidates
+# cosine above which two stored images are duplicate candidates
+DUP_THRESHOLD = Bound(float, 0, 1, above=True)
 PIXEL_TOLERANCE = Bound(float, 0, 255)  # the duplicate pixel check's largest cell difference
 DEFAULT_DUP_THRESHOLD = 0.85  # reaches moderately cropped copies with CLIP-style models (BENCHMARKS.md)
-DEFAULT_PIXEL_TOLERANCE = 8.5  # copies stay below, look-alikes above, on the benchmark collection (BENCHMARKS.md)
+# copies stay below, look-alikes above, on the benchmark collection (BENCHMARKS.md)
+DEFAULT_PIXEL_TOLERANCE = 8.5
 
 
 def check_device(device: str, name: str = "device") -> str:
@@ -141,7 +144,8 @@ def check_device(device: str, name: str = "device") -> str:
 
     if kind == "cuda":
         if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
             raise PixdexError(f"{name} {device!r}: CUDA is not available ({why}); use --device cpu or auto")
         if index is not None and int(index) >= torch.cuda.device_count():
             raise PixdexError(f"{name} {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")

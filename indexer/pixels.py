@@ -2,8 +2,8 @@
 
 It reproduces the model's own image processor (CLIP-style: shortest-edge resize + centre crop; SigLIP:
 fixed-size resize) step for step, but ships 4x fewer bytes between processes and lets the GPU do the
-float work (on the GPU when there is one). Processors it cannot reproduce (SigLIP2's NaFlex patches, padding, ...) get `None` from
-plan_for() and the job falls back to calling the processor itself.
+float work (on the GPU when there is one). Processors it cannot reproduce (SigLIP2's NaFlex patches,
+padding, ...) get `None` from plan_for() and the job falls back to calling the processor itself.
 """
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ def plan_for(image_processor) -> PixelPlan | None:
     resample = int(_get(p, "resample", 3) if _get(p, "resample", 3) is not None else 3)
     if resample not in PIL_RESAMPLE:
         return None
-    mean = tuple(float(x) for x in (_get(p, "image_mean") or (0, 0, 0))) if _get(p, "do_normalize", True) else (0.0,) * 3
-    std = tuple(float(x) for x in (_get(p, "image_std") or (1, 1, 1))) if _get(p, "do_normalize", True) else (1.0,) * 3
+    mean = (tuple(float(x) for x in (_get(p, "image_mean") or (0, 0, 0)))
+            if _get(p, "do_normalize", True) else (0.0,) * 3)
+    std = (tuple(float(x) for x in (_get(p, "image_std") or (1, 1, 1)))
+           if _get(p, "do_normalize", True) else (1.0,) * 3)
     scale = float(_get(p, "rescale_factor", 1 / 255)) if _get(p, "do_rescale", True) else 1.0
     if len(mean) != 3 or len(std) != 3:
         return None

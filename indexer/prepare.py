@@ -84,7 +84,7 @@ def prepare(item: SourceItem) -> Prepared:
             pixels = dict(setup.image_processor(images=[decoded.image], return_tensors="np"))
     except DecodeError as exc:
         return Prepared(error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the job
+    except Exception as exc:  # a decoder bug must not stop the job
         return Prepared(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     return Prepared(digest, len(data), decoded.width, decoded.height, pixels, photo=decoded.photo)
 
@@ -95,7 +95,8 @@ def _prepare_chunk(items: list[SourceItem]) -> list[Prepared]:
 
 def _with_bytes(chunk: list[SourceItem]) -> list[SourceItem]:
     """Dataset rows get their bytes attached just before decoding (so memory stays bounded)."""
-    return [replace(i, data=item_bytes(i)) if i.dataset is not None else i for i in chunk]  # tar/URL: in workers
+    # tar/URL: in workers
+    return [replace(i, data=item_bytes(i)) if i.dataset is not None else i for i in chunk]
 
 
 def prepared_stream(items: list[SourceItem], workers: int, setup: DecodeSetup,

@@ -30,10 +30,11 @@ CRASH_ONCE_ENV = "PIXDEX_RAY_CRASH_ONCE"  # tests: a file path; the first embedd
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None):
-    """Connect to the cluster at `address` (or RAY_ADDRESS), else start a local one; returns the ray module."""
+    """Connect to the cluster at `address` (or RAY_ADDRESS), else start a local one;
+    returns the ray module."""
     try:
         import ray
-        import ray.data  # noqa: F401 - the distributed extra installs ray[data]
+        import ray.data  # the distributed extra installs ray[data]
     except ImportError:
         raise PixdexError("--engine ray needs Ray Data: pip install 'pixdex[distributed]'") from None
     if not ray.is_initialized():
@@ -63,8 +64,9 @@ def pack(pos: np.ndarray, preps: list[Prepared]) -> dict:
         if p.pixels is not None:
             px[i] = p.pixels[key][0]
     info = [replace(p, pixels=None) for p in preps]
-    return {"pos": np.asarray(pos, np.int64), "has_px": np.array([p.pixels is not None for p in preps]), "px": px,
-            "px_key": np.array([key] * len(preps)), "info": np.array([pickle.dumps(i) for i in info], dtype=object)}
+    return {"pos": np.asarray(pos, np.int64), "has_px": np.array([p.pixels is not None for p in preps]),
+            "px": px, "px_key": np.array([key] * len(preps)),
+            "info": np.array([pickle.dumps(i) for i in info], dtype=object)}
 
 
 class Embedder:
@@ -92,10 +94,12 @@ class Embedder:
 
 
 # ---- the stream the job consumes ---------------------------------------------------------------
-def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, setup: DecodeSetup, batch_size: int, workers: int | None = None, gpus_per_worker: float = 0.0,
+def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, setup: DecodeSetup, batch_size: int,
+                        workers: int | None = None, gpus_per_worker: float = 0.0,
                         address: str | None = None, device: str = "auto",
                         log: Callable[[str], None] = print) -> Iterator[tuple[SourceItem, Prepared]]:
-    """Yield (item, prepared) in input order, with each prepared item's embedding computed by the actor pool."""
+    """Yield (item, prepared) in input order, with each prepared item's embedding computed
+    by the actor pool."""
     if not items:
         return
     ray = init_ray(address)
@@ -119,7 +123,8 @@ def ray_prepared_stream(items: list[SourceItem], encoder: Encoder, setup: Decode
     # Ray retries tasks whose worker dies, and restarts actors and retries their batches (Ray Data's
     # defaults for actor pools: max_restarts=-1, max_task_retries=-1)
     ds = ds.map_batches(decode_batch, batch_size=DECODE_BATCH, fn_kwargs={"setup": setup}, num_cpus=0.5)
-    ds = ds.map_batches(Embedder, batch_size=batch_size, fn_constructor_args=(encoder.name, actor_device, os.environ.get(CRASH_ONCE_ENV),
+    ds = ds.map_batches(Embedder, batch_size=batch_size,
+                        fn_constructor_args=(encoder.name, actor_device, os.environ.get(CRASH_ONCE_ENV),
                                              torch.get_num_threads()),
                         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=actor_cpus,
                         num_gpus=gpus_per_worker or None)

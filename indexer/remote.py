@@ -51,7 +51,7 @@ def check_url(url: str) -> None:
     fs, path = _fs(url)
     try:
         exists = fs.exists(path)
-    except Exception as exc:  # noqa: BLE001 - any backend error becomes one line naming the source
+    except Exception as exc:  # any backend error becomes one line naming the source
         raise PixdexError(f"source {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if not exists:
         raise PixdexError(f"source {url} does not exist")
@@ -99,7 +99,7 @@ def _open(container: str):
     if is_url(container):
         fs, path = _fs(container)
         return fs.open(path, "rb")
-    return open(container, "rb")  # noqa: SIM115 - returned to a with-block
+    return open(container, "rb")  # returned to a with-block
 
 
 def _sample_key(name: str) -> tuple[str, str]:
@@ -127,7 +127,8 @@ def iter_tar(spec: str, root: str | None = None) -> Iterator[SourceItem]:
         if "." + ext.rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS:
             continue
         yield SourceItem(f"{container}#{m.name}", int(m.size), float(m.mtime), root or container,
-                         _sidecar_columns(side.get(key, {}), m.name), container=container, offset=m.offset_data)
+                         _sidecar_columns(side.get(key, {}), m.name), container=container,
+                         offset=m.offset_data)
 
 
 def _sidecar_columns(side: dict[str, bytes], member: str) -> dict:
@@ -170,5 +171,5 @@ def read_url(url: str) -> bytes:
             return fh.read()
     except FileNotFoundError:
         raise DecodeError("file not found") from None
-    except Exception as exc:  # noqa: BLE001 - network/backend errors differ per filesystem
+    except Exception as exc:  # network/backend errors differ per filesystem
         raise DecodeError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None

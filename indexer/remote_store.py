@@ -50,7 +50,7 @@ def pull(url: str, local: Path) -> bool:
         if not fs.exists(remote_manifest):
             return False
         manifest = json.loads(fs.cat_file(remote_manifest))
-    except Exception as exc:  # noqa: BLE001 - backend errors become one line naming the store
+    except Exception as exc:  # backend errors become one line naming the store
         raise PixdexError(f"store {url}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     mine = local / MANIFEST
     if mine.is_file() and json.loads(mine.read_text()).get("generation", -1) >= manifest.get("generation", 0):

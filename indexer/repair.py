@@ -54,7 +54,8 @@ class RepairReport:
     dropped_rows: int = 0  # rows whose shard could not be rebuilt (their files are embedded again by `index`)
     reembedded: int = 0
     count: int = 0
-    moved: list[str] = field(default_factory=list)  # damaged files moved to damaged/ once the manifest is written
+    # damaged files moved to damaged/ once the manifest is written
+    moved: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         if not self.problems and not self.actions:
@@ -168,9 +169,10 @@ def _rebuild(path: Path, old: dict | None, model, device: str, progress: bool, r
             save_npy(path / emb_rel, emb)
             deleted_extra += lost
             report.reembedded += sh.rows - len(lost)
-            report.actions.append(f"re-embedded {sh.rows - len(lost)} of {sh.rows} rows of {sh.embeddings or 'a lost'}"
-                                  f" shard into {emb_rel}" + (f"; {len(lost)} rows whose file is gone or changed"
-                                                              f" marked removed" if lost else ""))
+            report.actions.append(f"re-embedded {sh.rows - len(lost)} of {sh.rows} rows of "
+                                  f"{sh.embeddings or 'a lost'} shard into {emb_rel}"
+                                  + (f"; {len(lost)} rows whose file is gone or changed"
+                                     f" marked removed" if lost else ""))
             _set_aside(sh.embeddings, report)
             sh.embeddings = emb_rel
         kept.append({"embeddings": sh.embeddings, "metadata": sh.metadata, "first_id": sh.first_id,
@@ -199,7 +201,8 @@ def _rebuild(path: Path, old: dict | None, model, device: str, progress: bool, r
     m = {"format": FORMAT, "version": FORMAT_VERSION, "model": model_rec, "dim": dim, "dtype": "float16",
          "metric": "inner_product", "normalized": True, "shards": kept, "gaps": gaps, "next_id": next_id,
          "next_shard": next_shard, "generation": gen, "index": {}, "tags": {}, "files": {},
-         "created": old.get("created") if isinstance(old.get("created"), str) else now_iso(), "updated": now_iso()}
+         "created": old.get("created") if isinstance(old.get("created"), str) else now_iso(),
+         "updated": now_iso()}
     deleted = _deleted_ids(path, old, report)
     in_store = [i for i in sorted(set(deleted) | set(deleted_extra))
                 if any(f <= i < f + r for f, r in live)]
@@ -266,7 +269,7 @@ def _check_shard(path: Path, sh: _Shard, dim: int, files: dict, report: RepairRe
         try:
             table = pq.read_table(path / rel)
             ids = table["id"].to_numpy()
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is damaged
+        except Exception as exc:  # any unreadable file is damaged
             _problem(report, path / rel, f"unreadable metadata ({type(exc).__name__})")
             continue
         first = int(ids[0]) if len(ids) else -1
@@ -286,7 +289,7 @@ def _check_shard(path: Path, sh: _Shard, dim: int, files: dict, report: RepairRe
         shape_ok = emb.dtype == np.float16 and emb.ndim == 2 and emb.shape[1] == dim
         rows = emb.shape[0] if shape_ok else -1
         del emb
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _problem(report, path / sh.embeddings, f"unreadable ({type(exc).__name__})")
         return
     rec = files.get(sh.embeddings) or {}
@@ -308,7 +311,7 @@ def _model_record(path: Path, old: dict, shards: list[_Shard], model) -> tuple[d
         for rel in sh._candidates:  # type: ignore[attr-defined]
             try:
                 meta = pq.read_schema(path / rel).metadata or {}
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             if MODEL_KEY in meta:
                 rec = json.loads(meta[MODEL_KEY])
@@ -388,7 +391,7 @@ def _deleted_ids(path: Path, old: dict, report: RepairReport) -> list[int]:
                 if rel != old.get("deleted"):
                     report.actions.append(f"took removed rows from {rel}")
                 return ids.astype(np.int64).tolist()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         _problem(report, path / rel, "unreadable list of removed rows")
     if old.get("counts", {}).get("deleted") if isinstance(old.get("counts"), dict) else False:
@@ -404,9 +407,10 @@ def _error_table(path: Path, old: dict, report: RepairReport) -> tuple[str | Non
     for rel in names:
         try:
             return rel, pq.read_table(path / rel).num_rows
-        except Exception:  # noqa: BLE001
+        except Exception:
             _problem(report, path / rel, "unreadable error table")
-            report.actions.append("dropped the error table: the next `pixdex index` records failing files again")
+            report.actions.append("dropped the error table: "
+                                  "the next `pixdex index` records failing files again")
             _set_aside(rel, report)
     return None, 0
 
@@ -428,9 +432,10 @@ def _tag_sets(path: Path, old: dict, report: RepairReport) -> dict[str, str]:
                 raise ValueError("no id column")
             pq.read_table(path / rel)
             out[name] = rel
-        except Exception:  # noqa: BLE001
+        except Exception:
             _problem(report, path / rel, "unreadable tag set")
-            report.actions.append(f"dropped tag set {name!r}: run `pixdex classify ... --save-as {name}` again")
+            report.actions.append(f"dropped tag set {name!r}: "
+                                  f"run `pixdex classify ... --save-as {name}` again")
             _set_aside(rel, report)
     return out
 
@@ -438,7 +443,8 @@ def _tag_sets(path: Path, old: dict, report: RepairReport) -> dict[str, str]:
 def _max_generation(path: Path) -> int:
     gens = [0]
     for p in [*path.glob("*"), *path.glob("tags/*"), *path.glob("shards/*")]:
-        gens += [int(g) for g in re.findall(r"-g?(\d{6})(?:-part-\d+)?\.(?:npy|parquet|faiss|ivfdata)$", p.name)
+        gens += [int(g)
+                 for g in re.findall(r"-g?(\d{6})(?:-part-\d+)?\.(?:npy|parquet|faiss|ivfdata)$", p.name)
                  if not p.name.startswith(("emb-", "meta-")) or "-g" in p.name]
     return max(gens)
 
@@ -465,6 +471,6 @@ def _reindex(path: Path, report: RepairReport, log: Callable[[str], None]) -> No
     with StoreWriter(path) as w:
         record = update_index(w, "auto", log=log)
         w.commit()
-    report.actions.append(f"rebuilt the {record.get('factory') or 'empty'} index over {record.get('ntotal', 0)} "
-                          f"vectors from the embeddings")
+    report.actions.append(f"rebuilt the {record.get('factory') or 'empty'} index over "
+                          f"{record.get('ntotal', 0)} vectors from the embeddings")
     report.count = Store.open(path).count

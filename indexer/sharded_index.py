@@ -53,8 +53,9 @@ class ShardedPlan:
     reason: str
 
 
-def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = None, workers: int | None = None,
-                 nlist: int | None = None, pq_m: int | None = None) -> ShardedPlan:
+def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = None,
+                 workers: int | None = None, nlist: int | None = None,
+                 pq_m: int | None = None) -> ShardedPlan:
     """Choose the sharded IVF-PQ and how to split its build so every process stays within the budget.
 
     - nlist ~ 4*sqrt(n) (as choose_index), capped at n/39 so each centroid trains on ~39 points.
@@ -96,8 +97,8 @@ def plan_sharded(shard_rows: Sequence[int], dim: int, max_memory: int | None = N
     spec = IndexSpec(ONDISK, f"IVF{nlist},{pq}", nlist, m,
                      reason=f"sharded build: {len(parts)} parts over {workers} workers, {pq} "
                             f"(~{code} bytes/vector), inverted lists on disk")
-    return ShardedPlan(spec, int(train_rows), parts, workers, int(add_batch), int(fixed + 2 * biggest * code), budget,
-                       spec.reason)
+    return ShardedPlan(spec, int(train_rows), parts, workers, int(add_batch),
+                       int(fixed + 2 * biggest * code), budget, spec.reason)
 
 
 # ---- the tasks --------------------------------------------------------------------------------
@@ -170,13 +171,15 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
             f"{plan.memory_per_worker / 2**20:.0f} MiB, more than --max-index-memory "
             f"{plan.memory_budget / 2**20:.0f} MiB allows (use fewer workers or a larger budget)")
     log(f"pixdex index: sharded {spec.factory} over {snap.count} vectors: training on {plan.train_rows}, "
-        f"{len(plan.parts)} parts, {plan.workers} workers, ~{plan.memory_per_worker / 2**20:.0f} MiB per worker")
+        f"{len(plan.parts)} parts, {plan.workers} workers, "
+        f"~{plan.memory_per_worker / 2**20:.0f} MiB per worker")
     trained = _train(snap, spec, plan.train_rows, seed)
     trained_path = writer.path / temporary_file(f"trained-{index_file(gen)}")
     faiss.write_index(trained, str(trained_path))
     t_train = time.perf_counter() - t0
     part_names = [index_part_file(gen, i) for i in range(len(plan.parts))]
-    jobs = [(str(writer.path), snap.manifest, shards, str(trained_path), str(writer.path / name), plan.add_batch)
+    jobs = [(str(writer.path), snap.manifest, shards, str(trained_path), str(writer.path / name),
+             plan.add_batch)
             for shards, name in zip(plan.parts, part_names)]
     results = (runner or process_runner)(_fill_part_args, jobs, plan.workers)
     t_add = time.perf_counter() - t0 - t_train
@@ -203,14 +206,17 @@ def build_sharded(writer: StoreWriter, plan: ShardedPlan | None = None, max_memo
                          max_id=int(snap.manifest["next_id"]) - 1, how="built",
                          requested="sharded" if merge else "sharded-parts",
                          plan={"parts": len(plan.parts), "workers": plan.workers,
-                               "memory_per_worker": plan.memory_per_worker, "memory_budget": plan.memory_budget},
-                         timings={"train": round(t_train, 2), "add": round(t_add, 2), "merge": round(t_merge, 2)},
+                               "memory_per_worker": plan.memory_per_worker,
+                               "memory_budget": plan.memory_budget},
+                         timings={"train": round(t_train, 2), "add": round(t_add, 2),
+                                  "merge": round(t_merge, 2)},
                          peak_rss_worker=max(r["peak_rss"] for r in results))
     writer.set_index(record)  # the index must be named before it can be opened for tuning
     tuned = _tune(writer, spec, log)
     record = replace(record, params=tuned.params, recall_at_10=round(tuned.recall_at_10, 4),
                      rescored_recall_at_10=round(tuned.rescored_recall_at_10 or 0.0, 4),
-                     search_ms_per_query=round(tuned.search_ms, 4), build_seconds=round(time.perf_counter() - t0, 3))
+                     search_ms_per_query=round(tuned.search_ms, 4),
+                     build_seconds=round(time.perf_counter() - t0, 3))
     writer.set_index(record)
     return writer.manifest["index"]
 

@@ -95,7 +95,8 @@ def unreachable_reason(path: Path, exc: OSError) -> str:
 
 
 def file_item(path: Path, root: str, error: str | None = None) -> SourceItem:
-    """A SourceItem for a file on disk (size -1 when it cannot be stat'ed; `error`: why it cannot be indexed)."""
+    """A SourceItem for a file on disk (size -1 when it cannot be stat'ed;
+    `error`: why it cannot be indexed)."""
     p = Path(os.path.abspath(path))
     try:
         st = p.stat()
@@ -109,7 +110,8 @@ def is_dataset_dir(path: Path) -> bool:
 
 
 def is_dataset_spec(spec: str) -> bool:
-    return spec.startswith(("imagefolder:", "parquet:")) or spec.endswith(".parquet") or is_dataset_dir(Path(spec))
+    return (spec.startswith(("imagefolder:", "parquet:")) or spec.endswith(".parquet")
+            or is_dataset_dir(Path(spec)))
 
 
 def read_path_list(list_file: Path) -> list[Path]:
@@ -142,7 +144,8 @@ def check_source(spec: str) -> None:
     if not path.exists():
         raise PixdexError(f"source {spec} does not exist")
     mode = path.stat().st_mode
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):  # a FIFO may be a path list: <(find ...)
+    # a FIFO may be a path list: <(find ...)
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
         raise PixdexError(f"source {spec} is {file_kind(mode)}, not a folder, file or path list")
 
 
@@ -193,7 +196,8 @@ def _items_of(spec: str, include_hidden: bool, warn: Warn) -> Iterator[SourceIte
                 yield file_item(p, os.path.abspath(p))
 
 
-def iter_sources(specs: list[str], include_hidden: bool = False, warn: Warn = _stderr) -> Iterator[SourceItem]:
+def iter_sources(specs: list[str], include_hidden: bool = False,
+                 warn: Warn = _stderr) -> Iterator[SourceItem]:
     """Items of several sources in the order given; a path reached twice is yielded once."""
     seen: set[str] = set()
     for spec in check_sources(specs):
@@ -212,7 +216,8 @@ def canonical_spec(spec: str) -> str:
     for prefix in ("imagefolder:", "parquet:"):
         if spec.startswith(prefix):
             target = spec[len(prefix):]
-            return prefix + (target if any(c in target for c in "*?[") else os.path.abspath(os.path.expanduser(target)))
+            return prefix + (target if any(c in target for c in "*?[")
+                             else os.path.abspath(os.path.expanduser(target)))
     return os.path.abspath(os.path.expanduser(spec))
 
 

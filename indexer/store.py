@@ -70,7 +70,8 @@ ERROR_SCHEMA = pa.schema(
 )
 BASE_COLUMNS = ["id", "path", "bytes", "mtime", "width", "height", "sha256"]
 _ARROW_KINDS = {"timestamp": pa.timestamp("s"), "text": pa.string(), "float": pa.float64(), "int8": pa.int8()}
-PHOTO_SCHEMA = pa.schema([(name, _ARROW_KINDS[kind]) for name, kind in PHOTO_KINDS.items()])  # indexer.exif's columns
+# indexer.exif's columns
+PHOTO_SCHEMA = pa.schema([(name, _ARROW_KINDS[kind]) for name, kind in PHOTO_KINDS.items()])
 PATH_CACHE_SHARDS = 16  # shards whose path columns a Store keeps in memory (4,096 rows each by default)
 MODEL_KEY = b"pixdex.model"  # metadata parquet files carry the model record (repair without a manifest)
 
@@ -123,7 +124,8 @@ def join_path(text: str, raw: bytes | None) -> str:
 def _with_raw_paths(table: pa.Table, paths: list[str]) -> pa.Table:
     """`table` with its path column set from `paths`, and a path_raw column when any needs it."""
     parts = [split_path(p) for p in paths]
-    table = table.set_column(table.column_names.index("path"), "path", pa.array([t for t, _ in parts], pa.string()))
+    table = table.set_column(table.column_names.index("path"), "path",
+                             pa.array([t for t, _ in parts], pa.string()))
     if any(r is not None for _, r in parts):
         table = table.append_column(PATH_RAW, pa.array([r for _, r in parts], pa.binary()))
     return table
@@ -164,13 +166,14 @@ def check_manifest(path: Path, m) -> None:
         raise bad("the model record is incomplete")
     segments = []
     for k, s in enumerate(m["shards"]):
-        if not (isinstance(s, dict) and isinstance(s.get("embeddings"), str) and isinstance(s.get("metadata"), str)
-                and isinstance(s.get("first_id"), int) and isinstance(s.get("rows"), int) and s["rows"] >= 1
-                and s["first_id"] >= 0):
+        if not (isinstance(s, dict) and isinstance(s.get("embeddings"), str)
+                and isinstance(s.get("metadata"), str) and isinstance(s.get("first_id"), int)
+                and isinstance(s.get("rows"), int) and s["rows"] >= 1 and s["first_id"] >= 0):
             raise bad(f"shard entry {k} is incomplete")
         segments.append((s["first_id"], s["rows"], f"shard entry {k}"))
     for g in m.get("gaps") or []:
-        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(x, int) for x in g) and 0 <= g[0] < g[1]):
+        if not (isinstance(g, list) and len(g) == 2 and all(isinstance(x, int) for x in g)
+                and 0 <= g[0] < g[1]):
             raise bad(f"gap {g!r} is not an id range")
         segments.append((g[0], g[1] - g[0], "gap"))
     firsts = [s["first_id"] for s in m["shards"]]
@@ -264,8 +267,10 @@ class Store:
         mine = self.model
         if info.fingerprint != mine["fingerprint"] or info.dim != self.dim:
             raise ModelMismatchError(
-                f"store {self.path} was built with model '{mine['name']}' (fingerprint {mine['fingerprint']}, "
-                f"dim {self.dim}); '{info.name}' (fingerprint {info.fingerprint}, dim {info.dim}) cannot be used "
+                f"store {self.path} was built with model '{mine['name']}' "
+                f"(fingerprint {mine['fingerprint']}, "
+                f"dim {self.dim}); '{info.name}' (fingerprint {info.fingerprint}, dim {info.dim}) "
+                f"cannot be used "
                 f"with it. Use --model {mine['name']} or index into a new store."
             )
 
@@ -296,8 +301,9 @@ class Store:
                 need = s["rows"] * self.dim * 2
                 size = (self.path / s["embeddings"]).stat().st_size
                 if not need < size <= need + 4096:
-                    raise self.damaged(s["embeddings"], f"{size} bytes cannot hold {s['rows']} float16 rows of "
-                                                        f"dim {self.dim}")
+                    raise self.damaged(s["embeddings"],
+                                       f"{size} bytes cannot hold {s['rows']} float16 rows of "
+                                       f"dim {self.dim}")
 
     def probe(self, rel: str) -> None:
         """Check a file's probe hash (first and last 64 KiB) once per snapshot, when it is first read."""
@@ -343,9 +349,12 @@ class Store:
                                                       "(corrupted, swapped or overwritten)"))
         bad = {p.path for p in problems}
         checks = [(s["embeddings"], lambda k=k: self._map_embeddings(k)) for k, s in enumerate(self._shards)]
-        checks += [(s["metadata"], lambda k=k: self.read_shard_metadata(k)) for k, s in enumerate(self._shards)]
-        checks += [(f, lambda f=f: self._read_tags_file(f)) for f in (self.manifest.get("tags") or {}).values()]
-        checks += [(f, lambda f=f: self._read_tagger_file(f)) for f in (self.manifest.get("taggers") or {}).values()]
+        checks += [(s["metadata"], lambda k=k: self.read_shard_metadata(k))
+                   for k, s in enumerate(self._shards)]
+        checks += [(f, lambda f=f: self._read_tags_file(f))
+                   for f in (self.manifest.get("tags") or {}).values()]
+        checks += [(f, lambda f=f: self._read_tagger_file(f))
+                   for f in (self.manifest.get("taggers") or {}).values()]
         if self.manifest.get("errors"):
             checks.append((self.manifest["errors"], self._error_table))
         if self.index_info.get("file"):
@@ -548,7 +557,8 @@ class Store:
         """The stored columns of tag set `name` (id + its columns), as saved."""
         file = (self.manifest.get("tags") or {}).get(name)
         if file is None:
-            raise PixdexError(f"store {self.path} has no tag set {name!r} (it has: {', '.join(self.tag_sets()) or 'none'})")
+            raise PixdexError(f"store {self.path} has no tag set {name!r} "
+                              f"(it has: {', '.join(self.tag_sets()) or 'none'})")
         return self._read_tags_file(file)
 
     def taggers(self) -> list[str]:
@@ -593,7 +603,8 @@ class Store:
         if col is None:
             try:
                 table = self.read_shard_metadata(k, ["id", "path"])
-            except StoreDamaged:  # rewritten by a later writer and swept: the shard's ids and paths are unchanged
+            except StoreDamaged:
+                # rewritten by a later writer and swept: the shard's ids and paths are unchanged
                 latest = Store.open(self.path)
                 if k >= len(latest._shards) or latest._shards[k]["first_id"] != self._shards[k]["first_id"]:
                     raise
@@ -664,7 +675,8 @@ class Store:
         except RuntimeError as exc:
             raise self.damaged(info["file"], f"not a readable FAISS index ({_first_line(exc)})") from None
         if "ntotal" in info and int(index.ntotal) != int(info["ntotal"]):
-            raise self.damaged(info["file"], f"holds {index.ntotal} vectors, the manifest records {info['ntotal']}")
+            raise self.damaged(info["file"],
+                               f"holds {index.ntotal} vectors, the manifest records {info['ntotal']}")
         if index.d != self.dim:
             raise self.damaged(info["file"], f"has dimension {index.d}, the store {self.dim}")
         return index
@@ -789,7 +801,8 @@ class StoreWriter:
         self._mtimes: dict[int, float] = {}
         self._columns: dict[int, dict] = {}  # id -> metadata values to set (columns added to old shards)
         self._dirty = False
-        self._reader: Store | None = None  # vectors(): a snapshot of the current generation, shards mapped once
+        # vectors(): a snapshot of the current generation, shards mapped once
+        self._reader: Store | None = None
 
     def _open_manifest(self, model: ModelInfo | None) -> None:
         """Read the committed manifest, or commit an empty one so a killed first run leaves a valid store."""
@@ -824,7 +837,8 @@ class StoreWriter:
             raise ValueError("rows and embeddings differ in length")
         embeddings = np.asarray(embeddings, np.float16).reshape(len(rows), -1)
         if len(rows) and embeddings.shape[1] != self.manifest["dim"]:
-            raise PixdexError(f"embeddings have dim {embeddings.shape[1]}, store {self.path} has {self.manifest['dim']}")
+            raise PixdexError(f"embeddings have dim {embeddings.shape[1]}, "
+                              f"store {self.path} has {self.manifest['dim']}")
         start = self.manifest["next_id"] + len(self._pending_rows)
         ids = list(range(start, start + len(rows)))
         for i, row in zip(ids, rows):
@@ -973,7 +987,8 @@ class StoreWriter:
 
     def _new_shard_number(self) -> int:
         """The next shard number: past the manifest's counter and past every shard file on disk."""
-        n = max(int(self.manifest.get("next_shard", len(self.manifest["shards"]))), len(self.manifest["shards"]))
+        n = max(int(self.manifest.get("next_shard", len(self.manifest["shards"]))),
+                len(self.manifest["shards"]))
         for p in (self.path / "shards").iterdir():
             match = SHARD_FILE.match(p.name)
             if match:
@@ -983,8 +998,9 @@ class StoreWriter:
     def _fresh(self, rel: str) -> str:
         """A generation-numbered name, refused if the committed manifest still names that file."""
         if rel in self._referenced():
-            raise StoreDamaged(self.path / MANIFEST, f"its generation {self.manifest['generation']} is behind "
-                                                     f"the files it names ({rel})", self.path)
+            raise StoreDamaged(self.path / MANIFEST,
+                               f"its generation {self.manifest['generation']} is behind "
+                               f"the files it names ({rel})", self.path)
         return rel
 
     def _record_files(self) -> None:
@@ -1005,8 +1021,10 @@ class StoreWriter:
         for k in np.unique(np.searchsorted(snap._first_ids, ids, side="right") - 1):
             shard = self.manifest["shards"][int(k)]
             table = snap.read_shard_metadata(int(k))
-            mtimes = [self._mtimes.get(i, t) for i, t in zip(table["id"].to_pylist(), table["mtime"].to_pylist())]
-            table = table.set_column(table.column_names.index("mtime"), "mtime", pa.array(mtimes, pa.float64()))
+            mtimes = [self._mtimes.get(i, t)
+                      for i, t in zip(table["id"].to_pylist(), table["mtime"].to_pylist())]
+            table = table.set_column(table.column_names.index("mtime"), "mtime",
+                                     pa.array(mtimes, pa.float64()))
             rel = self._fresh(metadata_file(shard_number(shard["embeddings"]), gen))
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel
@@ -1028,7 +1046,8 @@ class StoreWriter:
                 table = (table.set_column(table.column_names.index(name), name, col) if there
                          else table.append_column(name, col))
             rel = metadata_file(shard_number(shard["embeddings"]), gen)
-            rel = rel if rel == shard["metadata"] else self._fresh(rel)  # the same commit may rewrite it twice
+            # the same commit may rewrite it twice
+            rel = rel if rel == shard["metadata"] else self._fresh(rel)
             save_parquet(self.path / rel, table)
             shard["metadata"] = rel
         self._columns = {}
@@ -1064,7 +1083,8 @@ class StoreWriter:
         keep = self._referenced() | set(self.manifest.get("retained") or [])
         named = {SHARD_FILE.match(Path(s["embeddings"]).name).group(2) for s in self.manifest["shards"]}
         next_shard = int(self.manifest.get("next_shard", len(self.manifest["shards"])))
-        for p in list(self.path.glob("*")) + list(self.path.glob("shards/*")) + list(self.path.glob("tags/*")):
+        for p in (list(self.path.glob("*")) + list(self.path.glob("shards/*"))
+                  + list(self.path.glob("tags/*"))):
             rel = p.relative_to(self.path).as_posix()
             if not p.is_file() or rel in keep or not OWNED.match(rel):
                 continue
@@ -1082,7 +1102,7 @@ def lock_store(path: Path):
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / "shards").mkdir(exist_ok=True)
-        lock = open(path / ".lock", "a")  # noqa: SIM115 - held open: the flock lives as long as it
+        lock = open(path / ".lock", "a")  # held open: the flock lives as long as it
     except OSError as exc:
         raise StoreWriteError(f"store {path} cannot be written: {exc.strerror or _first_line(exc)}",
                               exc.errno) from None
@@ -1101,7 +1121,8 @@ def _check_new_store_dir(path: Path, model: ModelInfo | None) -> None:
     if path.exists() and not path.is_dir():
         raise PixdexError(f"{path} is a file, not a store directory; choose a new directory with --out")
     if path.is_dir():
-        other = [p.name for p in path.iterdir() if p.name not in (".lock", "shards") and not p.name.startswith(".tmp-")]
+        other = [p.name for p in path.iterdir()
+                 if p.name not in (".lock", "shards") and not p.name.startswith(".tmp-")]
         if other:
             raise PixdexError(f"{path} exists and is not a pixdex store (it holds {other[0]!r}, ...); "
                               f"choose a new or empty directory with --out")

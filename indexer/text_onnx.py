@@ -61,7 +61,7 @@ def load_text_encoder(fingerprint: str) -> tuple[OnnxTextEncoder | None, str]:
             return None, found.reason
         try:
             enc = OnnxTextEncoder(export_dir(fingerprint, "text"), found.sidecar)
-        except Exception as exc:  # noqa: BLE001 - any unloadable export means: use transformers
+        except Exception as exc:  # any unloadable export means: use transformers
             return None, f"cannot load the fast text export ({exc.__class__.__name__}: {str(exc)[:120]})"
         _LOADED[fingerprint] = enc
         return enc, ""

@@ -60,7 +60,8 @@ class QueryTokenizer:
         return self.spec.kind == "tokenizers" or not any(s in text for s in self.spec.specials)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        rows = self._tokenizers(texts) if self.spec.kind == "tokenizers" else [self._spm_ids(t) for t in texts]
+        rows = (self._tokenizers(texts) if self.spec.kind == "tokenizers"
+                else [self._spm_ids(t) for t in texts])
         width = self.spec.max_length if self.spec.pad_to_max else max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.spec.pad_id, np.int64)
         mask = np.zeros((len(rows), width), np.int64)

@@ -145,7 +145,8 @@ class Candidates:
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return faiss.SearchParameters(sel=selector) if selector is not None else None
 
-    def knn(self, Q: np.ndarray, depth: int, scope: Scope, boost: int, probes: int | None = None) -> list[np.ndarray]:
+    def knn(self, Q: np.ndarray, depth: int, scope: Scope, boost: int,
+            probes: int | None = None) -> list[np.ndarray]:
         """Candidate ids per query from the index (plus exact candidates among not-yet-indexed ids)."""
         params = self.search_params(scope, depth, boost, probes)
         with faiss_threads(len(Q)):
@@ -180,7 +181,8 @@ class Candidates:
             ids, scores = np.hstack([ids, t_ids]), np.hstack([scores, t_scores])
         return ids, scores, RANGE_SLACK.get(self.index_type, 1e-3)
 
-    def exact_scored(self, Q: np.ndarray, depth: int, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def exact_scored(self, Q: np.ndarray, depth: int,
+                     ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-`depth` (ids, scores) per query over the given ids (or all live items), -1 padded."""
         scores, found = exact_search(self.blocks(ids), Q, depth)
         return found, scores.astype(np.float32)

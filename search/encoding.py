@@ -69,7 +69,8 @@ class QueryEncoder:
         return self._fast[tower]
 
     def encode_texts(self, store: Store, texts: list[str]) -> np.ndarray:
-        """Text query vectors: the fast path when the store's model has a checked export, else transformers."""
+        """Text query vectors: the fast path when the store's model has a checked export,
+        else transformers."""
         fast = self.fast_encoder(store, "text")
         if fast is not None and fast.can_encode(texts):
             return fast.encode_texts(texts)
@@ -79,7 +80,8 @@ class QueryEncoder:
         return out
 
     def encode_images(self, store: Store, images: list[Any]) -> np.ndarray:
-        """Image query vectors: the fast path when the store's model has a checked export, else transformers."""
+        """Image query vectors: the fast path when the store's model has a checked export,
+        else transformers."""
         fast = self.fast_encoder(store, "image")
         if fast is not None:
             return fast.encode_images(images)
@@ -101,10 +103,11 @@ class QueryEncoder:
             return
         from indexer.onnx_export import ensure_export
 
-        log.warning("pixdex: text queries ran on transformers (%s); writing the text export for next time", why)
+        log.warning("pixdex: text queries ran on transformers (%s); "
+                    "writing the text export for next time", why)
         try:
             ensure_export(self.encoder(store), "text")
-        except Exception as exc:  # noqa: BLE001 - the query has its answer; the export is only an offer
+        except Exception as exc:  # the query has its answer; the export is only an offer
             log.warning("pixdex: could not write the fast text export: %s", str(exc).splitlines()[0][:200])
 
     def encode(self, store: Store, queries: Sequence[Query], template: str | None,
@@ -158,7 +161,8 @@ def as_embeddings(vectors: Any, dim: int) -> np.ndarray:
         arr = None
     if arr is None or arr.dtype.kind not in "iuf" or arr.ndim not in (1, 2):
         got = describe(vectors) if arr is None or arr.ndim == 0 else f"{arr.ndim}-d {arr.dtype} data"
-        raise InvalidType(f"an embedding must be a list of {dim} numbers (or a batch of such lists), got {got}")
+        raise InvalidType(f"an embedding must be a list of {dim} numbers "
+                          f"(or a batch of such lists), got {got}")
     if arr.shape[-1] != dim:
         raise InvalidValue(f"embedding has {arr.shape[-1]} dimensions; the store's model gives {dim}")
     with np.errstate(over="ignore"):
@@ -173,7 +177,8 @@ def apply_template(text: str, template: str | None) -> str:
     if not template:
         return text
     if "{}" not in template:
-        raise PixdexError(f"template {template!r} needs {{}} where the query text goes, e.g. 'a photo of {{}}'")
+        raise PixdexError(f"template {template!r} needs {{}} where the query text goes, "
+                          "e.g. 'a photo of {}'")
     return template.replace("{}", text)
 
 

@@ -17,8 +17,9 @@ A filter is at most MAX_FILTER_CHARS characters and nests at most MAX_DEPTH leve
 and NOT (bounded CPU and stack for the CLI and the server alike); integers must fit in 64 bits.
 Columns are the store's metadata columns (id, path, bytes, mtime, width, height, sha256, source and
 tag columns, photo columns such as taken and camera_model); a timestamp column compares with a quoted
-date ('2024-06-01', '2024-06-01 18:30', '2024-06' or '2024'). Quote odd names with backticks. Keywords are case-insensitive. Comparisons with a
-missing (null) value are false, as in SQL. On a list column a test holds when any element passes it.
+date ('2024-06-01', '2024-06-01 18:30', '2024-06' or '2024'). Quote odd names with backticks.
+Keywords are case-insensitive. Comparisons with a missing (null) value are false, as in SQL.
+On a list column a test holds when any element passes it.
 """
 
 from __future__ import annotations
@@ -300,7 +301,8 @@ def glob_to_regex(pattern: str) -> str:
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[" and (j := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "^") else i + 1)) > 0:
+        elif c == "[" and (j := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "^")
+                                             else i + 1)) > 0:
             body = pattern[i + 1:j]
             if body[:1] in ("!", "^"):
                 body = "^" + body[1:]
@@ -318,7 +320,8 @@ class Filter:
 
     def __init__(self, text: str):
         if len(text) > MAX_FILTER_CHARS:
-            raise LimitExceeded(f"filter of {len(text):,} characters exceeds the limit of {MAX_FILTER_CHARS:,}")
+            raise LimitExceeded(f"filter of {len(text):,} characters exceeds the limit of "
+                                f"{MAX_FILTER_CHARS:,}")
         self.text = text
         self.tree = _Parser(text).parse()
         self._names: dict[str, str] = {}
@@ -357,7 +360,8 @@ class Filter:
                     f"available: {', '.join(schema.names)}")
 
     def _has_near(self, node) -> bool:
-        return isinstance(node, Near) or isinstance(node, BoolOp) and any(self._has_near(a) for a in node.args)
+        return isinstance(node, Near) or (isinstance(node, BoolOp)
+                                          and any(self._has_near(a) for a in node.args))
 
     def mask(self, table: pa.Table) -> np.ndarray:
         """Boolean numpy mask over table rows (nulls count as false)."""
@@ -381,13 +385,15 @@ class Filter:
         if isinstance(node, Truth):
             col = self._column(node.subject, table)
             if not pa.types.is_boolean(col.type):
-                raise self._type_error(node.subject, f"column '{node.subject.name}' is {col.type}, not boolean: "
+                raise self._type_error(node.subject,
+                                       f"column '{node.subject.name}' is {col.type}, not boolean: "
                                        "compare it with a value")
             return col
         if isinstance(node, Compare):
             return self._compare(node, table)
         if isinstance(node, Near):
-            return _near(node, self._column(Column("gps_lat", 0), table), self._column(Column("gps_lon", 0), table))
+            return _near(node, self._column(Column("gps_lat", 0), table),
+                         self._column(Column("gps_lon", 0), table))
         return self._match(node, table)
 
     @staticmethod
@@ -416,7 +422,8 @@ class Filter:
             return self._compare(Compare(flip.get(node.op, node.op), right, left), table)
         fn = getattr(pc, node.op)
         if isinstance(left, Literal):  # two literals: a constant
-            return pa.array([bool(fn(pa.scalar(left.value), pa.scalar(right.value)).as_py())] * table.num_rows)
+            return pa.array([bool(fn(pa.scalar(left.value), pa.scalar(right.value)).as_py())]
+                            * table.num_rows)
         col = self._column(left, table)
         if _is_list(col.type):
             rhs = self._operand(right, table, col.type.value_type)
@@ -446,7 +453,8 @@ class Filter:
                 return pc.is_in(a, value_set=value_set)
         else:
             if not (pa.types.is_string(elem_type) or pa.types.is_large_string(elem_type)):
-                raise self._type_error(subj, f"{node.how.upper()} needs a text column; '{getattr(subj, 'name', '')}'"
+                raise self._type_error(subj, f"{node.how.upper()} needs a text column; "
+                                       f"'{getattr(subj, 'name', '')}'"
                                        f" is {elem_type}")
             if node.how == "glob":
                 regex = glob_to_regex(node.arg)
@@ -518,7 +526,8 @@ def _timestamp(lit: Literal, col_type: pa.DataType, f: Filter) -> pa.Scalar:
     v = lit.value
     if isinstance(v, str):
         text = v.strip()
-        text = text + "-01-01" if re.fullmatch(r"\d{4}", text) else text + "-01" if re.fullmatch(r"\d{4}-\d{2}", text) else text
+        text = (text + "-01-01" if re.fullmatch(r"\d{4}", text)
+                else text + "-01" if re.fullmatch(r"\d{4}-\d{2}", text) else text)
         try:
             return pc.cast(pa.scalar(text), col_type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -532,8 +541,10 @@ EARTH_KM = 6371.0088  # mean Earth radius
 
 def _near(node: Near, lat, lon) -> pa.Array:
     """Rows within node.km of (node.lat, node.lon), by great-circle (haversine) distance; null without GPS."""
-    la = np.radians(np.asarray(pc.fill_null(pc.cast(lat, pa.float64()), np.nan).to_numpy(zero_copy_only=False)))
-    lo = np.radians(np.asarray(pc.fill_null(pc.cast(lon, pa.float64()), np.nan).to_numpy(zero_copy_only=False)))
+    la = np.radians(np.asarray(pc.fill_null(pc.cast(lat, pa.float64()), np.nan)
+                               .to_numpy(zero_copy_only=False)))
+    lo = np.radians(np.asarray(pc.fill_null(pc.cast(lon, pa.float64()), np.nan)
+                               .to_numpy(zero_copy_only=False)))
     qa, qo = math.radians(node.lat), math.radians(node.lon)
     h = np.sin((la - qa) / 2) ** 2 + math.cos(qa) * np.cos(la) * np.sin((lo - qo) / 2) ** 2
     km = 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
@@ -555,7 +566,8 @@ def parse_filter(text: str) -> Filter:
     return Filter(text)
 
 
-def path_mask(paths: pa.ChunkedArray | pa.Array, glob: str | None = None, prefix: str | None = None) -> np.ndarray:
+def path_mask(paths: pa.ChunkedArray | pa.Array, glob: str | None = None,
+              prefix: str | None = None) -> np.ndarray:
     """Rows whose path matches a shell glob (* crosses '/') and/or starts with a prefix."""
     keep = np.ones(len(paths), dtype=bool)
     if glob:

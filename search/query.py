@@ -3,8 +3,10 @@
 The syntax follows rclip (``"2:golden retriever" + ./pool.jpg - "grass"``)::
 
     query  := [sign] term (sign term)*
-    sign   := '+' | '-'                       an operator only when it stands alone (spaces or quotes around it)
-    term   := [weight ':'] [kind ':'] value   the prefixes may also sit inside the quotes: "2:golden retriever"
+    sign   := '+' | '-'                       an operator only when it stands alone
+                                              (spaces or quotes around it)
+    term   := [weight ':'] [kind ':'] value   the prefixes may also sit inside the quotes:
+                                              "2:golden retriever"
     weight := positive number                 2, 0.5, 1.5
     kind   := text | image | id | like        text, an image path/URL, a stored id, a stored path
     value  := "double quoted" | 'single quoted' | bare words up to the next standalone + or -
@@ -290,11 +292,13 @@ def as_query(obj: Any) -> Query:
             return Query((Term("image", obj),), label="<PIL image>")
     except ImportError:  # pragma: no cover
         pass
-    raise InvalidType(f"unsupported query of type {type(obj).__name__}: use text, an image, an id or an embedding")
+    raise InvalidType(f"unsupported query of type {type(obj).__name__}: "
+                      "use text, an image, an id or an embedding")
 
 
 def mix(*parts: tuple[float, Any]) -> Query:
-    """A weighted mix from (weight, thing) pairs; negative weights subtract: mix((2, "dog"), (-1, "grass"))."""
+    """A weighted mix from (weight, thing) pairs; negative weights subtract:
+    mix((2, "dog"), (-1, "grass"))."""
     terms = []
     for weight, thing in parts:
         if weight == 0:

@@ -62,8 +62,8 @@ def thumbnail_data_uri(image: Any, size: int = THUMB_SIZE) -> str | None:
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, "JPEG", quality=80)
-    except (DecodeError, OSError, ValueError, Image.DecompressionBombError):  # a placeholder, never a broken page
-        return None
+    except (DecodeError, OSError, ValueError, Image.DecompressionBombError):
+        return None  # a placeholder, never a broken page
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -86,7 +86,8 @@ def _figure(hit: Hit, size: int) -> str:
     uri = thumbnail_data_uri(hit.path, size)
     img = (f'<img src="{uri}" alt="{html.escape(hit.path)}" loading="lazy">' if uri
            else '<div class="missing">no preview</div>')
-    extra = "".join(f'<span class="meta">{html.escape(str(v))}</span> ' for v in hit.values.values() if v is not None)
+    extra = "".join(f'<span class="meta">{html.escape(str(v))}</span> '
+                    for v in hit.values.values() if v is not None)
     return (f'<figure title="{html.escape(hit.path)}">{img}<figcaption>#{hit.rank} '
             f'<span class="score">{hit.score:.3f}</span> {html.escape(Path(hit.path).name)} {extra}'
             f'<span class="meta">(id {hit.id})</span></figcaption></figure>')
@@ -106,7 +107,8 @@ def write_html(path: str | os.PathLike, queries: Sequence[Any], results: Sequenc
         st = getattr(store, "store", store)
         if hasattr(st, "manifest"):
             header = (f"store {html.escape(str(st.path))} · {st.count} items · model "
-                      f"{html.escape(str(st.model.get('name')))} · index {html.escape(str(st.index_info.get('type')))}")
+                      f"{html.escape(str(st.model.get('name')))} · index "
+                      f"{html.escape(str(st.index_info.get('type')))}")
         else:
             header = f"store {html.escape(str(st))}"
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -55,7 +55,7 @@ class Searcher:
         self.queries = QueryEncoder(model, device)
         self._open(store if isinstance(store, Store) else None)
         if model is not None:
-            self.encoder  # noqa: B018 - load and check the model now, not at the first query
+            self.encoder  # load and check the model now, not at the first query
         self.last_timings: dict[str, float] = {}
 
     # ---- the snapshot -----------------------------------------------------------------------
@@ -124,9 +124,9 @@ class Searcher:
         return self.queries.encode(self.store, queries, template, self.id_for_path)
 
     # ---- public queries ---------------------------------------------------------------------
-    def search(self, queries: Any, k: int | None = 10, threshold: float | None = None, where: str | None = None,
-               path_glob: str | None = None, path_prefix: str | None = None, dedup: float | None = None,
-               template: str | None = None, sort: str | None = None,
+    def search(self, queries: Any, k: int | None = 10, threshold: float | None = None,
+               where: str | None = None, path_glob: str | None = None, path_prefix: str | None = None,
+               dedup: float | None = None, template: str | None = None, sort: str | None = None,
                columns: Sequence[str] | None = None) -> list[Hit] | list[list[Hit]]:
         """Rank stored items for one query (-> list[Hit]) or a list of queries (-> list[list[Hit]]).
 
@@ -271,7 +271,8 @@ class Searcher:
             out.append(hits)
         return out
 
-    def search_vectors(self, Q: np.ndarray, k: int | None, threshold: float | None, scope: Scope | None = None,
+    def search_vectors(self, Q: np.ndarray, k: int | None, threshold: float | None,
+                       scope: Scope | None = None,
                        dedup: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(ids, exact cosine scores) per query row of Q, best first, ties by id."""
         _validate(k, threshold, dedup)
