@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.errors import PixdexError
-from indexer.store import Store
+from indexer.store import Store, sorted_unique
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Hit:
 
 def rescore(store: Store, q: np.ndarray, cand: np.ndarray, threshold, dedup, k):
     """Exact rescoring of candidates: (ids, scores, lowest candidate score), best first, ties by id."""
-    ids = np.unique(np.asarray(cand, np.int64))
+    ids = sorted_unique(np.asarray(cand, np.int64))
     if not len(ids):
         return ids, np.zeros(0), -np.inf
     vecs = store.vectors(ids).astype(np.float64)
