@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"{command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+    except Exception as exc:  # the last line of defence: one line, not a traceback
         if os.environ.get("PIXDEX_DEBUG"):
             raise
         print(f"{command}: internal error: {type(exc).__name__}: {one_line(str(exc))} "

@@ -29,15 +29,16 @@ def register(sub) -> None:
                    help="apply the tagger saved in STORE by `classify --save-as NAME` instead of --labels")
     p.add_argument("--template", default=None, help='hypothesis template (default "This is a photo of {}.")')
     p.add_argument("--top-k", type=TOP_K.arg(), default=None, help="only the K best labels per image")
-    p.add_argument("--timeout", type=TIMEOUT.arg(), default=None, help="seconds to wait for an image URL (default 10)")
+    p.add_argument("--timeout", type=TIMEOUT.arg(), default=None,
+                   help="seconds to wait for an image URL (default 10)")
     p.add_argument("--json", action="store_true", help="print the pipeline's exact output structure as JSON")
     add_model_args(p, CLASSIFIER_DEFAULT_MODEL)
     p.set_defaults(func=run_classify_image)
 
     q = sub.add_parser("classify", help="tag every image of a store from its stored embeddings",
-                       description="Tag a whole store against labels without re-encoding an image: single-label "
-                       "(top-k, the pipeline's scores) or multi-label (per-label thresholds). Writes parquet/CSV/"
-                       "JSONL, tag columns in the store (--save-as), or TSV to stdout.")
+                       description="Tag a whole store against labels without re-encoding an image: "
+                       "single-label (top-k, the pipeline's scores) or multi-label (per-label thresholds). "
+                       "Writes parquet/CSV/JSONL, tag columns in the store (--save-as), or TSV to stdout.")
     q.add_argument("store", metavar="STORE")
     add_label_args(q)
     q.add_argument("--mode", choices=["single", "multi"], default="single",
@@ -45,38 +46,43 @@ def register(sub) -> None:
     q.add_argument("--top-k", type=TOP_K.arg(), default=None,
                    help="labels per image (single mode, default 1); at most K labels (multi mode)")
     q.add_argument("--threshold", type=SCORE_THRESHOLD.arg(), default=None,
-                   help="multi mode: default score threshold (default 0.5; per-label thresholds: labels file)")
+                   help="multi mode: default score threshold "
+                   "(default 0.5; per-label thresholds: labels file)")
     q.add_argument("--background", default=None,
-                   help='multi mode with CLIP-like models: the "none of these" label that each label must beat '
-                   '(default "something")')
-    q.add_argument("--out", "-o", type=output_file_arg, default=None, metavar="FILE", help="write FILE.parquet, FILE.csv or FILE.jsonl")
+                   help='multi mode with CLIP-like models: the "none of these" label that each label must '
+                   'beat (default "something")')
+    q.add_argument("--out", "-o", type=output_file_arg, default=None, metavar="FILE",
+                   help="write FILE.parquet, FILE.csv or FILE.jsonl")
     q.add_argument("--save-as", default=None, metavar="NAME",
-                   help="store the tags in the store as columns NAME and NAME_score (search --where can filter), "
-                   "with the classifier, so `pixdex index` tags images added later")
+                   help="store the tags in the store as columns NAME and NAME_score (search --where can "
+                   "filter), with the classifier, so `pixdex index` tags images added later")
     q.add_argument("--examples", default=None, metavar="CSV",
                    help="teach the labels by example: rows label,id_or_path (stored ids or image files); "
                    "the classifier starts from the zero-shot one and moves as far as the examples justify")
     q.add_argument("--suggest", type=SUGGEST.arg(), default=0, metavar="N",
-                   help="also list the N stored images whose labels would help most (least certain, spread out)")
+                   help="also list the N stored images whose labels would help most "
+                   "(least certain, spread out)")
     q.add_argument("--batch-rows", type=BATCH_ROWS.arg(), default=4096,
                    help="embeddings per block (memory bound; default 4096)")
     q.add_argument("--model", default=None, help="model (default: the store's own)")
-    q.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    q.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", action="store_true", help="print the closing summary as one JSON object")
     q.set_defaults(func=run_classify)
 
     e = sub.add_parser("eval", help="zero-shot accuracy of a store against ground-truth labels",
-                       description="Top-1/top-5 accuracy, per-class precision/recall and a confusion-matrix PNG, "
-                       "from stored embeddings. Truth: a CSV with a 'file' column (relative to the CSV) and a "
-                       "label column, or a folder-per-class directory.")
+                       description="Top-1/top-5 accuracy, per-class precision/recall and a confusion-matrix "
+                       "PNG, from stored embeddings. Truth: a CSV with a 'file' column (relative to the CSV) "
+                       "and a label column, or a folder-per-class directory.")
     e.add_argument("store", metavar="STORE")
     e.add_argument("--truth", required=True, help="labels.csv or a folder-per-class directory")
     e.add_argument("--column", default="shape", help="truth column holding the class (default shape)")
     e.add_argument("--labels", default=None, help="candidate labels (default: every value in the truth)")
     e.add_argument("--labels-file", default=None, help="candidate labels, one per line")
     add_template_args(e)
-    e.add_argument("--out-dir", type=output_folder_arg, default=None, help="write metrics.json, predictions.csv and confusion.png here")
+    e.add_argument("--out-dir", type=output_folder_arg, default=None,
+                   help="write metrics.json, predictions.csv and confusion.png here")
     e.add_argument("--model", default=None, help="model (default: the store's own)")
     e.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -93,7 +99,8 @@ def add_label_args(p) -> None:
 def add_template_args(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--template", default=None, help='prompt template (default "This is a photo of {}.")')
-    g.add_argument("--templates-file", default=None, help="prompt templates, one per line, averaged per label")
+    g.add_argument("--templates-file", default=None,
+                   help="prompt templates, one per line, averaged per label")
     g.add_argument("--ensemble", default=None, help="named template ensemble: clip-imagenet-80")
 
 
@@ -135,7 +142,8 @@ def run_classify_image(args) -> int:
         check_template(args.template or DEFAULT_TEMPLATE)
         clf = ZeroShotClassifier(args.model, device=args.device)
         results = clf(args.images if len(args.images) > 1 else args.images[0], candidate_labels=labels,
-                      hypothesis_template=args.template or DEFAULT_TEMPLATE, top_k=args.top_k, timeout=args.timeout)
+                      hypothesis_template=args.template or DEFAULT_TEMPLATE, top_k=args.top_k,
+                      timeout=args.timeout)
     if args.json:
         print_json(results)
         return 0
@@ -189,7 +197,8 @@ def run_classify(args) -> int:
     where = sys.stderr if emit is not None else sys.stdout
     print(summary.line(), file=where)
     if summary.suggestions:
-        print(f"label these next ({len(summary.suggestions)} least certain, spread over the collection):", file=where)
+        print(f"label these next ({len(summary.suggestions)} least certain, spread over the collection):",
+              file=where)
         for s in summary.suggestions:
             other = f" / {s['runner_up']}" if s["runner_up"] else ""
             print(f"  {s['id']}\t{s['path']}\t{s['label']}{other}\tmargin {s['margin']:.3f}", file=where)
@@ -201,7 +210,8 @@ def run_eval(args) -> int:
 
     labels, _ = read_label_args(args)
     report = evaluate_store(args.store, args.truth, column=args.column, labels=labels,
-                            **read_template_args(args), out_dir=args.out_dir, model=args.model, device=args.device)
+                            **read_template_args(args), out_dir=args.out_dir, model=args.model,
+                            device=args.device)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -232,6 +242,7 @@ def demo_tag_and_eval(out_dir, labels_csv) -> None:
     print(summary.line())
     print(f"  filter on it: pixdex search {store} \"a shape\" --where \"shape_pred = '{SHAPES[0]}'\"")
     for column, labels in (("shape", SHAPES), ("color", COLORS)):
-        report = evaluate_store(store, labels_csv, column=column, labels=list(labels), out_dir=out_dir / f"eval-{column}")
+        report = evaluate_store(store, labels_csv, column=column, labels=list(labels),
+                                out_dir=out_dir / f"eval-{column}")
         print(f"  eval {column:<6} top-1 {report.top1:.3f}  top-5 {report.top5:.3f}  "
               f"({report.evaluated} images; confusion matrix {report.files['confusion']})")

@@ -44,4 +44,5 @@ def add_model_args(p, default: str | None) -> None:
     p.add_argument("--model", default=default,
                    help="model: hub id, local save_pretrained folder, or a short name such as shapes-clip"
                    + (f" (default {default})" if default else " (default: the store's model)"))
-    p.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")

@@ -12,10 +12,11 @@ DEMO_MODEL = "shapes-clip"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="generate a shapes collection, index it with shapes-clip, search and tag it",
+    p = sub.add_parser("demo",
+                       help="generate a shapes collection, index it with shapes-clip, search and tag it",
                        description="Runs offline: writes a shapes-world collection into OUT/images, reports "
-                       "shapes-clip's zero-shot accuracy, indexes it into OUT/store, runs searches (HTML page), "
-                       "tags and evaluates the collection.")
+                       "shapes-clip's zero-shot accuracy, indexes it into OUT/store, runs searches (HTML "
+                       "page), tags and evaluates the collection.")
     p.add_argument("out", nargs="?", default="demo-out", help="output folder (default demo-out)")
     p.add_argument("--count", type=COUNT.arg(), default=300, help="images to generate (default 300)")
     p.add_argument("--seed", type=SEED.arg(), default=2026, help="generator seed (default 2026)")
@@ -41,7 +42,8 @@ def run(args) -> int:
     step(f"3. index -> {out / 'store'}")
     from indexer.job import index_collection
 
-    summary = index_collection([str(out / "images")], out / "store", model=DEMO_MODEL, progress=sys.stderr.isatty())
+    summary = index_collection([str(out / "images")], out / "store", model=DEMO_MODEL,
+                               progress=sys.stderr.isatty())
     print(summary.line())
 
     searches(out)
@@ -63,8 +65,9 @@ def zero_shot_report(labels: Path, show: int = 5) -> None:
     images = clf.embed_images([str(labels.parent / r["file"]) for r in rows])
     predictions = {}
     for column, names in (("color", COLORS), ("shape", SHAPES)):
-        scores = clf.scoring.scores(images, clf.label_embeddings(list(names), "a photo of a {} shape."
-                                                                 if column == "color" else "a photo of a {}."))
+        scores = clf.scoring.scores(images, clf.label_embeddings(list(names),
+                                                                 "a photo of a {} shape." if column == "color"
+                                                                 else "a photo of a {}."))
         predictions[column] = [names[i] for i in np.argmax(scores, axis=1)]
         hits = np.mean([p == r[column] for p, r in zip(predictions[column], rows)])
         print(f"  {column:<6} top-1 {hits:.3f} over {len(rows)} single-object images ({len(names)} classes)")

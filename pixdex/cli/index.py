@@ -19,28 +19,32 @@ from pixdex.cli.common import add_model_args, print_json, size_arg
 
 def register(sub) -> None:
     p = sub.add_parser("index", help="embed image sources into a store (incremental, restartable)",
-                       description="Embed images from folders, path lists or datasets into a store with a FAISS "
-                       "index. Re-running encodes only new and changed files and removes deleted ones.")
+                       description="Embed images from folders, path lists or datasets into a store with a "
+                       "FAISS index. Re-running encodes only new and changed files and removes deleted ones.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="folder, text file of paths, image file, dataset folder (save_to_disk), .parquet, "
-                   "imagefolder:DIR, WebDataset .tar shard, or an fsspec URL (s3://..., file://...) of any of these")
+                   "imagefolder:DIR, WebDataset .tar shard, or an fsspec URL (s3://..., file://...) "
+                   "of any of these")
     p.add_argument("--out", "-o", required=True, metavar="STORE",
-                   help="store directory (created if missing), or a URL (s3://..., published when the job ends)")
+                   help="store directory (created if missing), "
+                   "or a URL (s3://..., published when the job ends)")
     add_model_args(p, DEFAULT_MODEL)
-    p.add_argument("--batch-size", type=BATCH_SIZE.arg(), default=64, help="images per model forward pass (default 64)")
+    p.add_argument("--batch-size", type=BATCH_SIZE.arg(), default=64,
+                   help="images per model forward pass (default 64)")
     p.add_argument("--workers", type=WORKERS.arg(), default=None,
-                   help="local engine: decoding processes (default: cores-1 on CPU); ray engine: embedding actors "
-                   "(default: one per GPU, or half the CPUs)")
+                   help="local engine: decoding processes (default: cores-1 on CPU); ray engine: embedding "
+                   "actors (default: one per GPU, or half the CPUs)")
     p.add_argument("--index", choices=INDEX_TYPES, default="auto",
-                   help="FAISS index type (default auto); sharded: IVF-PQ built by parts in parallel and merged "
-                   "on disk (sharded-parts: kept as parts, searched as one IndexShards)")
+                   help="FAISS index type (default auto); sharded: IVF-PQ built by parts in parallel and "
+                   "merged on disk (sharded-parts: kept as parts, searched as one IndexShards)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local processes, or Ray Data (pip install 'pixdex[distributed]')")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join (default: RAY_ADDRESS, else a local cluster)")
     p.add_argument("--gpus-per-worker", type=GPUS_PER_WORKER.arg(), default=0.0, metavar="N",
                    help="ray engine: GPUs per embedding actor (0 = embed on CPU)")
-    p.add_argument("--max-index-memory", type=size_arg, default=None, metavar="SIZE", help="memory budget for the index, e.g. 4G")
+    p.add_argument("--max-index-memory", type=size_arg, default=None, metavar="SIZE",
+                   help="memory budget for the index, e.g. 4G")
     p.add_argument("--max-pixels", type=MAX_PIXELS.arg(), default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images with more pixels (decompression-bomb guard; 0 = no limit; "
                    f"default {DEFAULT_MAX_PIXELS})")

@@ -19,15 +19,16 @@ def register(sub) -> None:
     q.set_defaults(func=run_info)
 
     r = sub.add_parser("repair", help="check a store and rebuild what is damaged from what is intact",
-                       description="Verify every file of a store (checksums, shapes, ids) and rebuild what can be "
-                       "rebuilt: the manifest from the shard files, lost embeddings from the image files (only "
-                       "files whose content is unchanged), the FAISS index from the embeddings. Reports each "
-                       "step; damaged files are moved to STORE/damaged/.")
+                       description="Verify every file of a store (checksums, shapes, ids) and rebuild what "
+                       "can be rebuilt: the manifest from the shard files, lost embeddings from the image "
+                       "files (only files whose content is unchanged), the FAISS index from the embeddings. "
+                       "Reports each step; damaged files are moved to STORE/damaged/.")
     r.add_argument("store", metavar="STORE")
     r.add_argument("--model", default=None,
-                   help="model to re-embed with (default: the store's model; needed when the manifest and the "
-                   "model record are both lost)")
-    r.add_argument("--device", type=device_arg, default="auto", help="device for re-embedding (auto, cpu, cuda, mps)")
+                   help="model to re-embed with (default: the store's model; needed when the manifest and "
+                   "the model record are both lost)")
+    r.add_argument("--device", type=device_arg, default="auto",
+                   help="device for re-embedding (auto, cpu, cuda, mps)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print the report as one JSON object")
     r.set_defaults(func=run_repair)
@@ -49,8 +50,9 @@ def store_info(store) -> dict:
         "shards": len(m["shards"]),
         "deleted": m["counts"]["deleted"],
         "errors": m["counts"]["errors"],
-        "index": {"type": idx.get("type"), "factory": idx.get("factory"), "recall_at_10": idx.get("recall_at_10"),
-                  "params": idx.get("params"), "ntotal": idx.get("ntotal"), "current": store.index_is_current()},
+        "index": {"type": idx.get("type"), "factory": idx.get("factory"),
+                  "recall_at_10": idx.get("recall_at_10"), "params": idx.get("params"),
+                  "ntotal": idx.get("ntotal"), "current": store.index_is_current()},
         "tags": store.tag_sets(),
         "dropped_ids": sum(b - a for a, b in m.get("gaps") or []),
         "checksums": len(m.get("files") or {}),
@@ -82,7 +84,8 @@ def run_info(args) -> int:
     idx = info["index"]
     print(f"store     {info['store']}\nitems     {info['count']} ({info['deleted']} removed rows, "
           f"{info['shards']} shards)\nmodel     {info['model']} ({info['model_family']}, dim {info['dim']}, "
-          f"fingerprint {info['model_fingerprint']})\nindex     {idx['factory']} recall@10={idx['recall_at_10']} "
+          f"fingerprint {info['model_fingerprint']})\nindex     {idx['factory']} "
+          f"recall@10={idx['recall_at_10']} "
           f"params={idx['params']}\nerrors    {info['errors']}\ntags      {', '.join(info['tags']) or '-'}\n"
           f"updated   {info['updated']}")
     return 0
@@ -101,8 +104,10 @@ def run_check(store) -> int:
     if problems:
         return 2
     files = len(store.manifest.get("files") or {})
-    unrecorded = "" if files else " (no checksums recorded yet: written by an older pixdex; `pixdex repair` adds them)"
-    print(f"store {store.path} is healthy: {store.count} items, {files} files match their checksums{unrecorded}")
+    unrecorded = "" if files else (" (no checksums recorded yet: written by an older pixdex; "
+                                   "`pixdex repair` adds them)")
+    print(f"store {store.path} is healthy: {store.count} items, "
+          f"{files} files match their checksums{unrecorded}")
     return 0
 
 

@@ -9,7 +9,8 @@ from indexer.errors import PixdexError
 from indexer.params import COSINE, DEDUP, K, new_file_arg
 from pixdex.cli.common import add_model_args, print_json
 
-QUERY_HELP = """query syntax (one argument = one query; a lone + or - between arguments joins them into a mix):
+QUERY_HELP = """\
+query syntax (one argument = one query; a lone + or - between arguments joins them into a mix):
   "a red circle"                     free text
   ./photo.jpg  https://x/y.png       an image file or URL (image:PATH forces it, text:WORDS forces text)
   id:123   like:/abs/path.jpg        more like a stored item (by id or stored path)
@@ -36,20 +37,23 @@ def register(sub) -> None:
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="an image query (repeatable)")
     p.add_argument("--like", action="append", default=[], metavar="ID|PATH",
                    help="more like this stored item, itself left out (repeatable)")
-    p.add_argument("--where", metavar="EXPR", help="metadata filter, e.g. \"width >= 256 AND shape = 'circle'\"")
+    p.add_argument("--where", metavar="EXPR",
+                   help="metadata filter, e.g. \"width >= 256 AND shape = 'circle'\"")
     p.add_argument("--near", metavar="LAT,LON,KM", help="only photos taken within KM km of LAT,LON (GPS)")
     p.add_argument("--sort", metavar="COLUMN", help="order the results (the top k, or all above --threshold) "
                    "by a column: taken (oldest first), -taken (newest first), or any metadata column")
     p.add_argument("--path-glob", metavar="GLOB", help="only paths matching this glob (* crosses /)")
     p.add_argument("--path-prefix", metavar="PREFIX", help="only paths starting with PREFIX")
     p.add_argument("--threshold", type=COSINE.arg(), metavar="X", help="only results with cosine >= X")
-    p.add_argument("--dedup", type=DEDUP.arg(), metavar="X", help="drop results within cosine X of a better one")
+    p.add_argument("--dedup", type=DEDUP.arg(), metavar="X",
+                   help="drop results within cosine X of a better one")
     p.add_argument("--template", metavar="T", help="text template, e.g. 'a photo of {}' (default: none)")
     add_model_args(p, None)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print, per query, a list of {rank,id,path,score}")
     out.add_argument("--paths-only", action="store_true", help="print one path per line (for piping)")
-    p.add_argument("--html", type=new_file_arg, metavar="OUT.html", help="also write a page of thumbnails per query")
+    p.add_argument("--html", type=new_file_arg, metavar="OUT.html",
+                   help="also write a page of thumbnails per query")
     # `--sort -taken`: let argparse read a dash-word after the options as a value, as it reads -5
     p._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+|[A-Za-z_][A-Za-z0-9_.]*)$")
     p.set_defaults(func=run_search)

@@ -18,13 +18,15 @@ def register(sub) -> None:
         help="write a labelled demo collection of generated shape images",
         description=(
             "Write COUNT generated images (mixed JPEG and PNG) of coloured shapes plus labels.csv "
-            "(file,color,shape,size,position,palette,background,caption) into DIR. The same seed gives identical files."
+            "(file,color,shape,size,position,palette,background,caption) into DIR. "
+            "The same seed gives identical files."
         ),
     )
     p.add_argument("dir", metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--count", type=COUNT.arg(), default=200, help="number of images (default: 200)")
     p.add_argument("--seed", type=SEED.arg(), default=0, help="random seed (default: 0)")
-    p.add_argument("--image-size", type=IMAGE_SIDE.arg(), default=128, help="image side in pixels (default: 128)")
+    p.add_argument("--image-size", type=IMAGE_SIDE.arg(), default=128,
+                   help="image side in pixels (default: 128)")
     p.add_argument("--two-object-prob", type=PROBABILITY.arg(), default=0.25,
                    help="fraction of scenes with two objects (default: 0.25)")
     p.add_argument("--exclude-heldout", action="store_true",
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if (out / "labels.csv").exists() or (out.is_dir() and any(out.iterdir())):
         existing = sorted(p.name for p in out.iterdir())
         if any(not (n == "labels.csv" or n.startswith("shape_")) for n in existing):
-            raise PixdexError(f"{out} is not empty and does not look like a shapes collection; pick a new folder")
+            raise PixdexError(f"{out} is not empty and does not look like a shapes collection; "
+                              "pick a new folder")
         for p in out.glob("shape_*"):  # rewriting a collection: drop the old images first
             p.unlink()
     try:

@@ -89,7 +89,8 @@ def eval_scenes(seed: int = EVAL_SEED, per_combo: int = DEFAULT_PER_COMBO,
                 heldout_extra: int = DEFAULT_HELDOUT_EXTRA, two_object: int = DEFAULT_TWO_OBJECT):
     """The balanced evaluation scenes: (singles, two-object scenes)."""
     rng = np.random.default_rng(seed)
-    singles = [world.random_scene(rng, combo=c, n_objects=1) for c in world.ALL_COMBOS for _ in range(per_combo)]
+    singles = [world.random_scene(rng, combo=c, n_objects=1) for c in world.ALL_COMBOS
+               for _ in range(per_combo)]
     singles += [world.random_scene(rng, combo=c, n_objects=1) for c in world.HELDOUT_COMBOS
                 for _ in range(heldout_extra)]
     # Two-object scenes: every pair appears about equally often.
@@ -190,7 +191,8 @@ def predict(model_dir: str | None = None, collection_dir: str | Path | None = No
     for r, p in zip(rows, probs):
         k = int(p.argmax())
         truth = " and ".join(f"{o['color']} {o['shape']}" for o in world.row_objects(r))
-        out.append({"file": r["file"], "truth": truth, "predicted": labels[k], "score": round(float(p[k]), 4)})
+        out.append({"file": r["file"], "truth": truth, "predicted": labels[k],
+                    "score": round(float(p[k]), 4)})
     return out
 
 

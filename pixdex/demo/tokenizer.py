@@ -95,7 +95,9 @@ def _apply_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[st
     return symbols
 
 
-def build_vocab_and_merges(words: Iterable[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def build_vocab_and_merges(
+    words: Iterable[str] | None = None,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP-layout vocabulary and the merges that make each of `words` one token."""
     words = list(words) if words is not None else vocabulary_words()
     table = bytes_to_unicode()

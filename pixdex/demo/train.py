@@ -99,7 +99,8 @@ def _render_chunk(args):
 OFF_PALETTE = "other"
 OFF_CODE = len(world.COLORS)
 # Hues (degrees) at least 15 degrees from every named colour's (red 358, orange 31, yellow 54, green 127,
-# cyan 183, blue 230, purple 279, pink 325), jittered by at most 8: lime, spring green, azure, indigo, magenta.
+# cyan 183, blue 230, purple 279, pink 325), jittered by at most 8: lime, spring green, azure, indigo,
+# magenta.
 OFF_HUES = (90.0, 155.0, 207.0, 254.0, 302.0)
 OFF_HUE_JITTER = 8.0
 # An off-palette object whose shape belongs to a held-out pair keeps this far (degrees) from that pair's
@@ -119,7 +120,8 @@ def _hue_distance(a: float, b: float) -> float:
 def off_palette_hues(shape: str) -> list[float]:
     """The off-palette hues allowed for `shape`: those far from its held-out colour, if it has one."""
     avoid = [_hue(world.COLOR_RGB[c]) for c, s in world.HELDOUT_COMBOS if s == shape]
-    return [h for h in OFF_HUES if all(_hue_distance(h, a) >= HELDOUT_HUE_MARGIN + OFF_HUE_JITTER for a in avoid)]
+    return [h for h in OFF_HUES
+            if all(_hue_distance(h, a) >= HELDOUT_HUE_MARGIN + OFF_HUE_JITTER for a in avoid)]
 
 
 def off_palette_rgb(rng: np.random.Generator, shape: str, background_level: float) -> tuple[int, int, int]:
@@ -218,7 +220,8 @@ def _include(rnd: random.Random) -> set[str]:
             return inc
 
 
-def make_caption(objs: list[dict], rnd: random.Random, include: set[str] | None = None) -> tuple[str, np.ndarray]:
+def make_caption(objs: list[dict], rnd: random.Random,
+                 include: set[str] | None = None) -> tuple[str, np.ndarray]:
     """A random true caption of a scene, and its constraints ([2, 4], -1 = any, -3 = no 2nd object).
 
     `include` forces which attributes of a single object are named (used for the label bank).
@@ -370,7 +373,8 @@ def parse_args(argv):
     p.add_argument("--text-layers", type=int, default=3)
     p.add_argument("--projection-dim", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None,
-                   help="model input side, the processor resizes to it (default: the --init model's, else 64)")
+                   help="model input side, the processor resizes to it "
+                   "(default: the --init model's, else 64)")
     p.add_argument("--patch-size", type=int, default=None, help="default: the --init model's, else 8")
     p.add_argument("--render-size", type=int, default=128, help="side of the rendered images")
     p.add_argument("--max-text-len", type=int, default=32)
@@ -378,7 +382,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: 2, or 1 when the machine is already busy)")
     p.add_argument("--cache", default=None,
-                   help="optional .npz file caching the rendered training set (reused when the settings match)")
+                   help="optional .npz file caching the rendered training set "
+                   "(reused when the settings match)")
     p.add_argument("--save-every", type=int, default=0, help="also save the model every N steps")
     p.add_argument("--fp16", action="store_true", help="store the weights in float16")
     p.add_argument("--no-eval", action="store_true", help="skip the quality measurement")
@@ -386,14 +391,16 @@ def parse_args(argv):
     p.add_argument("--no-bank", action="store_true", help="do not add the label-bank captions to batches")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--init", default=None,
-                   help="start from this saved shapes-clip folder instead of random weights (continue training)")
+                   help="start from this saved shapes-clip folder instead of random weights "
+                   "(continue training)")
     p.add_argument("--off-palette", type=float, default=0.25,
-                   help="fraction of training objects drawn in colours no colour word names (captions omit colour)")
+                   help="fraction of training objects drawn in colours no colour word names "
+                   "(captions omit colour)")
     p.add_argument("--grayscale", type=float, default=0.1,
                    help="fraction of training images shown in grey at each step (captions omit colour)")
     p.add_argument("--hard-batches", type=float, default=0.0,
-                   help="fraction of steps whose batch holds only two colours, so captions must be told apart "
-                        "by shape, size and position")
+                   help="fraction of steps whose batch holds only two colours, "
+                        "so captions must be told apart by shape, size and position")
     args = p.parse_args(argv)
     if args.seed == EVAL_SEED:
         p.error(f"seed {EVAL_SEED} is reserved for evaluation (pixdex.demo.quality.EVAL_SEED)")
@@ -423,7 +430,8 @@ def adapt_resolution(model, image_size: int, patch_size: int):
     if (vc.image_size, vc.patch_size) == (image_size, patch_size):
         return model
     if image_size * vc.patch_size != vc.image_size * patch_size or patch_size % vc.patch_size:
-        raise ValueError(f"cannot adapt a {vc.image_size}px/{vc.patch_size} model to {image_size}px/{patch_size}: "
+        raise ValueError(f"cannot adapt a {vc.image_size}px/{vc.patch_size} model "
+                         f"to {image_size}px/{patch_size}: "
                          "the patch must grow by an integer factor and the token grid stay the same")
     f = patch_size // vc.patch_size
     config = model.config.__class__.from_dict(model.config.to_dict())
@@ -587,7 +595,8 @@ def batch_captions(batch_objs, bank, rnd: random.Random, no_bank: bool):
 
 def soft_clip_loss(logits, pos):
     """CLIP loss with soft targets: uniform over every caption describing an image, and every image a caption
-    describes (identical captions, less specific ones...). ``logits`` is [image, text], ``pos`` [text, image]."""
+    describes (identical captions, less specific ones...).
+    ``logits`` is [image, text], ``pos`` [text, image]."""
     import torch
 
     t_i2t = pos.T / pos.T.sum(1, keepdim=True)
@@ -616,7 +625,8 @@ def train(model, tokenizer, image_processor, data: TrainingSet, args, device: st
         x, c, batch_objs = augmented_batch(data, pix, codes_t, idx, image_processor, args)
         texts, cons = batch_captions(batch_objs, bank, rnd, args.no_bank)
         pos = positives(c, torch.from_numpy(cons).long()).float().to(device)  # [text, image]
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=args.max_text_len, return_tensors="pt")
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=args.max_text_len,
+                        return_tensors="pt")
         out = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
                     pixel_values=x.to(device))
         logits = out.logits_per_image  # [image, text]
@@ -637,7 +647,8 @@ def train(model, tokenizer, image_processor, data: TrainingSet, args, device: st
             log(f"step {step + 1}/{args.steps} loss {run_loss / k:.3f} i2t-acc {run_acc / k:.3f} "
                 f"scale {model.logit_scale.exp().item():.1f} lr {sched.get_last_lr()[0]:.2e} "
                 f"({el / (step + 1):.2f}s/step)")
-            history.append({"step": step + 1, "loss": round(run_loss / k, 4), "i2t_acc": round(run_acc / k, 4)})
+            history.append({"step": step + 1, "loss": round(run_loss / k, 4),
+                            "i2t_acc": round(run_acc / k, 4)})
             run_loss = run_acc = 0.0
         if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
             model.eval()

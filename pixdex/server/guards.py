@@ -46,7 +46,8 @@ def allowed_hosts(bound: str | None, extra: Iterable[str] = ()) -> frozenset[str
 async def send_error(send, status: int, message: str) -> None:
     body = json.dumps({"error": message, "status": status}).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
@@ -66,7 +67,8 @@ class HostCheck:
                 if name not in self.hosts:
                     shown = name if len(name) <= 60 else name[:57] + "..."
                     return await send_error(send, 400, f"host {shown!r} is not served here (allowed: "
-                                            f"{', '.join(sorted(self.hosts))}; pixdex serve --allow-host adds one)")
+                                            f"{', '.join(sorted(self.hosts))}; "
+                                            "pixdex serve --allow-host adds one)")
         return await self.app(scope, receive, send)
 
 

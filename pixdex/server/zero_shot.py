@@ -21,7 +21,8 @@ def score_ids(service, store, ids: list[int], labels: list[str], template: str, 
     texts = clf.label_embeddings(labels, template)
     scores = clf.scoring.scores(store.vectors(ids), texts)
     paths = store.paths(ids)
-    return [{"id": int(i), "path": p, "labels": ranked(row, labels, top_k)} for i, p, row in zip(ids, paths, scores)]
+    return [{"id": int(i), "path": p, "labels": ranked(row, labels, top_k)}
+            for i, p, row in zip(ids, paths, scores)]
 
 
 def score_image(service, image, labels: list[str], template: str) -> list[dict]:
