@@ -33,13 +33,14 @@ from indexer.errors import PixdexError
 METHOD = "prior-centred-logistic"
 # Candidate strengths in units of the model's logit scale, strongest first (warm starts run along
 # the path); inf keeps the zero-shot weights.
-STRENGTHS = (math.inf, 100.0, 10.0, 1.0, 0.1, 0.01)
+STRENGTHS = (math.inf, 10.0, 1.0, 0.1, 0.01)
 # The default strength: a misclassified example pulls its label's weight by at most about one text-weight
 # length. Used when some label has a single example (no fold can hold it out), and kept unless
 # cross-validation finds a strength whose held-out loss is lower by more than one standard error.
 DEFAULT_STRENGTH = 1.0
-MAX_FOLDS = 4
-MAX_ITER = 100
+MAX_FOLDS = 3
+MAX_ITER = 100  # L-BFGS iterations of the final fit
+CV_MAX_ITER = 30  # of each warm-started cross-validation fit (only its held-out loss is used)
 
 
 @contextmanager
@@ -85,14 +86,15 @@ class Problem:
         return cls(xa @ basis, basis, prior_logits, targets, scale, multi, shift, trust)
 
     def loss(self, delta: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        """The penalised loss divided by the number of examples (same optimum; scale-free tolerances)."""
         logits = self.prior_logits + self.scale * (self.feats @ delta.T)
         if self.multi:
             data = F.binary_cross_entropy_with_logits(logits + self.shift, self.targets, reduction="sum")
         else:
             data = F.cross_entropy(logits, self.targets, reduction="sum")
-        return data + 0.5 * (strength[:, None] * delta * delta).sum()
+        return (data + 0.5 * (strength[:, None] * delta * delta).sum()) / len(logits)
 
-    def solve(self, strength: float, start: torch.Tensor | None = None) -> torch.Tensor:
+    def solve(self, strength: float, start: torch.Tensor | None = None, max_iter: int = MAX_ITER) -> torch.Tensor:
         """[labels, r] change from the prior minimising the penalised loss (L-BFGS, warm-started);
         label j's penalty is strength * label_weights[j]."""
         delta = torch.zeros(self.prior_logits.shape[1], self.feats.shape[1]) if start is None else start.clone()
@@ -100,7 +102,7 @@ class Problem:
             return torch.zeros_like(delta)
         per_label = strength * self.label_weights
         delta.requires_grad_(True)
-        opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-4, tolerance_change=1e-6,
+        opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-5, tolerance_change=1e-7,
                                 history_size=10, line_search_fn="strong_wolfe")
 
         def closure():
@@ -112,11 +114,11 @@ class Problem:
         opt.step(closure)
         return delta.detach()
 
-    def path(self, strengths: Sequence[float]) -> list[torch.Tensor]:
+    def path(self, strengths: Sequence[float], max_iter: int = MAX_ITER) -> list[torch.Tensor]:
         """The change from the prior ([labels, dim + 1]) for each strength, each fit warm-starting the next."""
         out, delta = [], None
         for s in strengths:
-            delta = self.solve(s, delta)
+            delta = self.solve(s, delta, max_iter)
             out.append(delta @ self.basis.T)
         return out
 
@@ -252,7 +254,7 @@ def cross_validate(xa, prior_t, examples: Examples, scale: float, multi: bool, s
         train = np.setdiff1d(np.arange(n), test)
         problem = Problem.of(xa[train], prior_t, examples.torch_targets(train), scale, multi, shift)
         truth = examples.torch_targets(test)
-        for j, delta in enumerate(problem.path([s * scale for s in strengths])):
+        for j, delta in enumerate(problem.path([s * scale for s in strengths], CV_MAX_ITER)):
             lg = scale * (xa[test] @ (prior_t + delta).T)
             logits[j, test] = lg
             right[j, test] = predictions_correct(lg, truth, multi, cut_t)

@@ -13,7 +13,7 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT = 600  # seconds per cell: a hung kernel fails the test instead of blocking CI
 NEEDS_SHAPES_CLIP = {"01_text_to_image_search.ipynb", "02_bulk_zero_shot_tagging.ipynb",
-                     "04_using_your_own_model.ipynb"}
+                     "04_using_your_own_model.ipynb", "05_teach_by_example.ipynb"}
 KERNEL = "pixdex-test-python"
 
 
