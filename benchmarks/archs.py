@@ -16,8 +16,9 @@ ARCHS = {
                      vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                  num_attention_heads=16, image_size=224, patch_size=14), projection_dim=768),
     # google/siglip-base-patch16-224
-    "siglip-b-16": dict(kind="siglip", text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                  num_attention_heads=12, max_position_embeddings=64),
+    "siglip-b-16": dict(kind="siglip",
+                        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                  num_attention_heads=12, max_position_embeddings=64),
                         vision=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                     num_attention_heads=12, image_size=224, patch_size=16)),
 }

@@ -112,7 +112,8 @@ def main() -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.python_version()}, "
           f"numpy {np.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"load average before/after: {load0} / {os.getloadavg()[0]:.2f}")
-    print(f"raw float32 matmul {args.rows}x{args.dim} @ {args.dim}x{args.labels} (blocks of 4096): {floor:.2f} s; "
+    print(f"raw float32 matmul {args.rows}x{args.dim} @ {args.dim}x{args.labels} (blocks of 4096): "
+          f"{floor:.2f} s; "
           f"all runs {', '.join(f'{t:.2f}' for t in floors)}")
     print(f"tagging {n} stored float16 embeddings, top-{args.top_k} with softmax scores: {best:.2f} s "
           f"({n / best:,.0f} images/s); all runs {', '.join(f'{t:.2f}' for t in times)}")

@@ -110,7 +110,8 @@ def cold(store: Path, runs: int, cache: Path, image: Path) -> dict:
                 rankings[label] = ranking(out.stdout)
             elif label != "bad argument" and out.returncode != 0:
                 failures.append(f"{label}: {out.stderr.strip()[-300:]}")
-    res = {k: {"p50": float(np.median(v)), "p90": float(np.percentile(v, 90)), "cpu_p50": float(np.median(cpu[k]))}
+    res = {k: {"p50": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+               "cpu_p50": float(np.median(cpu[k]))}
            for k, v in times.items()}
     res["same_ranking"] = {kind: rankings.get(f"{kind} fast") == rankings.get(f"{kind} transformers")
                            for kind in ("text", "image")}
@@ -172,7 +173,8 @@ def main() -> None:
               ["shapes-clip", "vit-b-32"] + ([] if args.quick else ["vit-l-14"]))
     work = args.work or Path(tempfile.mkdtemp(prefix="pixdex-cold-"))
     cache = work / "cache"
-    print(f"# cold query benchmark ({datetime.now(UTC):%Y-%m-%d}, {platform.processor() or platform.machine()}, "
+    print(f"# cold query benchmark ({datetime.now(UTC):%Y-%m-%d}, "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {args.runs} runs; work {work})\n")
     results = {}
     for name in models:
@@ -186,18 +188,20 @@ def main() -> None:
         fast, slow = r["text fast"]["p50"], r["text transformers"]["p50"]
         print(f"## {name}\n")
         print("| command | wall p50 s | wall p90 s | CPU p50 s |\n|---|---|---|---|")
-        for label in ("text fast", "text transformers", "image fast", "image transformers", "id: query", "info",
-                      "--help", "bad argument", "python -c pass"):
+        for label in ("text fast", "text transformers", "image fast", "image transformers", "id: query",
+                      "info", "--help", "bad argument", "python -c pass"):
             print(f"| {label} | {r[label]['p50']:.2f} | {r[label]['p90']:.2f} | {r[label]['cpu_p50']:.2f} |")
         cf, cs = r["text fast"]["cpu_p50"], r["text transformers"]["cpu_p50"]
         print(f"\ncold text query CPU time: fast {cf:.2f} s vs transformers {cs:.2f} s = {cs / cf:.1f}x less")
         print(f"cold text query: fast {fast:.2f} s vs transformers {slow:.2f} s = {slow / fast:.1f}x faster "
               f"(target <= {TARGETS_S.get(name, float('nan'))} s); same ranking: {r['same_ranking']['text']}")
         ifast, islow = r["image fast"]["p50"], r["image transformers"]["p50"]
-        print(f"cold image query: fast {ifast:.2f} s vs transformers {islow:.2f} s = {islow / ifast:.1f}x faster "
+        print(f"cold image query: fast {ifast:.2f} s vs transformers {islow:.2f} s = "
+              f"{islow / ifast:.1f}x faster "
               f"(target <= 0.5 s); same ranking: {r['same_ranking']['image']}")
         print(f"warm Searcher.search(text) p50: fast {r['warm_ms']['fast']:.1f} ms, transformers "
-              f"{r['warm_ms']['transformers']:.1f} ms ({r['warm_ms']['transformers'] / r['warm_ms']['fast']:.1f}x)")
+              f"{r['warm_ms']['transformers']:.1f} ms "
+              f"({r['warm_ms']['transformers'] / r['warm_ms']['fast']:.1f}x)")
         print(f"pixdex serve, start to first /api/search: fast {r['serve_s']['fast']:.2f} s, transformers "
               f"{r['serve_s']['transformers']:.2f} s", flush=True)
         for f in r["failures"]:

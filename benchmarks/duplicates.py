@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.errors import PixdexError  # noqa: E402
-from pixdex.demo.copies import STRENGTHS, read_truth, score_pairs, write_duplicate_collection  # noqa: E402
-from search.duplicates import DEFAULT_THRESHOLD, candidate_pairs, find_duplicates  # noqa: E402
-from search.lookalike import DEFAULT_TOLERANCE  # noqa: E402
-from search.searcher import Searcher  # noqa: E402
+from indexer.errors import PixdexError
+from pixdex.demo.copies import STRENGTHS, read_truth, score_pairs, write_duplicate_collection
+from search.duplicates import DEFAULT_THRESHOLD, candidate_pairs, find_duplicates
+from search.lookalike import DEFAULT_TOLERANCE
+from search.searcher import Searcher
 
 
 def quality(

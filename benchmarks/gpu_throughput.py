@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from archs import save_random  # noqa: E402
+from archs import save_random
 
 
 def make_jpegs(out: Path, count: int, size=(640, 480), seed: int = 0) -> list[str]:
@@ -74,7 +74,8 @@ class GpuSampler:
     def _run(self):
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits"],
                                      capture_output=True, text=True, timeout=5).stdout
                 self.samples.append(float(out.split()[0]))
             except Exception:
@@ -146,7 +147,8 @@ def run_model_only(model_dir: str, device, dtype, batch: int, steps: int) -> flo
     return batch * steps / (time.perf_counter() - t0)
 
 
-def run_pixdex(model_dir: str, image_dir: Path, device: str, batch: int, workers: int | None) -> tuple[float, dict]:
+def run_pixdex(model_dir: str, image_dir: Path, device: str, batch: int,
+               workers: int | None) -> tuple[float, dict]:
     from indexer.job import index_collection
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,8 +156,8 @@ def run_pixdex(model_dir: str, image_dir: Path, device: str, batch: int, workers
         s = index_collection([str(image_dir)], Path(tmp) / "store", model=model_dir, device=device,
                              batch_size=batch, workers=workers, progress=False)
         wall = time.perf_counter() - t0
-    return s.indexed / wall, {"job_images_per_s_encoding_phase": s.images_per_second, "wall_s": round(wall, 2),
-                              "timings": getattr(s, "timings", {})}
+    return s.indexed / wall, {"job_images_per_s_encoding_phase": s.images_per_second,
+                              "wall_s": round(wall, 2), "timings": getattr(s, "timings", {})}
 
 
 def main() -> None:
@@ -163,7 +165,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--archs", nargs="+", default=["vit-b-32", "vit-l-14"])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--batch", type=int, default=None, help="pixdex batch size (default 512 on GPU, 32 on CPU)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="pixdex batch size (default 512 on GPU, 32 on CPU)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--pipeline-count", type=int, default=None, help="images for the slow peer loops")
     ap.add_argument("--work", default=None, help="folder for images and models (default: a temp dir)")
@@ -184,7 +187,8 @@ def main() -> None:
           f"{len(paths)} JPEGs 640x480, peers on {len(peer_paths)}")
     results = {"device": str(device), "gpu": gpu, "cores": os.cpu_count(), "count": len(paths), "archs": {}}
     for arch in args.archs:
-        model_dir = str(save_random(arch, work / arch)) if not (work / arch / "config.json").exists() else str(work / arch)
+        model_dir = (str(save_random(arch, work / arch)) if not (work / arch / "config.json").exists()
+                     else str(work / arch))
         row = {}
         with GpuSampler() as g:
             row["pipeline"] = run_pipeline(model_dir, peer_paths, device, dtype)
@@ -194,7 +198,8 @@ def main() -> None:
         row["by_hand_gpu_util"] = g.mean
         batch = args.batch or (512 if device.type == "cuda" else 32)
         with GpuSampler() as g:
-            row["model_only"] = run_model_only(model_dir, device, dtype, batch=1024 if device.type == "cuda" else 32,
+            row["model_only"] = run_model_only(model_dir, device, dtype,
+                                               batch=1024 if device.type == "cuda" else 32,
                                                steps=10 if device.type == "cuda" else 2)
         row["model_only_gpu_util"] = g.mean
         with GpuSampler() as g:
@@ -207,8 +212,10 @@ def main() -> None:
         results["archs"][arch] = row
         print(f"\n{arch}: images/s  pipeline {row['pipeline']:.1f} | by hand {row['by_hand']:.1f} | "
               f"model only {row['model_only']:.1f} | pixdex index {row['pixdex']:.1f}")
-        print(f"  pixdex = {row['pixdex_vs_pipeline']:.1f}x pipeline, {row['pixdex_vs_by_hand']:.1f}x by hand, "
-              f"{100 * row['pixdex_vs_model_only']:.0f}% of model-only;  GPU util: pipeline {row['pipeline_gpu_util']}"
+        print(f"  pixdex = {row['pixdex_vs_pipeline']:.1f}x pipeline, "
+              f"{row['pixdex_vs_by_hand']:.1f}x by hand, "
+              f"{100 * row['pixdex_vs_model_only']:.0f}% of model-only;  "
+              f"GPU util: pipeline {row['pipeline_gpu_util']}"
               f"%, pixdex {row['pixdex_gpu_util']}%")
         print(f"  pixdex detail: {json.dumps(row['pixdex_detail'])}")
     if args.json:

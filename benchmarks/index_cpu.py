@@ -67,7 +67,8 @@ def docs_loop(model_dir: str, paths: list[Path], batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def pixdex_run(encoder, folder: Path, work: Path, batch_size: int, workers: int | None) -> tuple[float, int, int]:
+def pixdex_run(encoder, folder: Path, work: Path, batch_size: int,
+               workers: int | None) -> tuple[float, int, int]:
     """Seconds for index_collection into a fresh store, the number of images stored and of images encoded."""
     from indexer.job import index_collection
 
@@ -86,7 +87,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="pixdex decoding processes (default: cores-1)")
     ap.add_argument("--models", default="shapes-clip,vit-b-32")
     ap.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
-    ap.add_argument("--copies", type=float, default=0.0, help="fraction of files copied again under other names")
+    ap.add_argument("--copies", type=float, default=0.0,
+                    help="fraction of files copied again under other names")
     args = ap.parse_args()
 
     import torch
@@ -125,7 +127,8 @@ def main() -> None:
             assert encoded == len(originals), f"pixdex encoded {encoded} images for {len(originals)} contents"
             for method, sec in [("pixdex index_collection", seconds),
                                 ("transformers docs loop (1)", docs_loop(model_dir, paths, 1)),
-                                (f"transformers loop ({args.batch_size})", docs_loop(model_dir, paths, args.batch_size))]:
+                                (f"transformers loop ({args.batch_size})",
+                                 docs_loop(model_dir, paths, args.batch_size))]:
                 best[method] = min(sec, best.get(method, float("inf")))
         base = best["pixdex index_collection"]
         for method, sec in best.items():

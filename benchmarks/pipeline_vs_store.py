@@ -90,9 +90,11 @@ def main() -> None:
     print(f"model {args.model}, {n} images, {len(labels)} labels; indexing them once took {index_s:.1f} s "
           f"({summary.images_per_second:.0f} images/s)")
     print(f"transformers pipeline      {pipe_s:8.2f} s  {n / pipe_s:10.1f} images/s")
-    print(f"ZeroShotClassifier         {clf_s:8.2f} s  {n / clf_s:10.1f} images/s  {pipe_s / clf_s:7.1f}x faster; "
+    print(f"ZeroShotClassifier         {clf_s:8.2f} s  {n / clf_s:10.1f} images/s  "
+          f"{pipe_s / clf_s:7.1f}x faster; "
           f"top-1 agrees {agree_clf:.0%}, max score diff {max_diff:.1e}")
-    print(f"pixdex classify (store)    {store_s:8.2f} s  {n / store_s:10.1f} images/s  {pipe_s / store_s:7.1f}x faster; "
+    print(f"pixdex classify (store)    {store_s:8.2f} s  {n / store_s:10.1f} images/s  "
+          f"{pipe_s / store_s:7.1f}x faster; "
           f"top-1 agrees {agree_store:.0%}")
 
 

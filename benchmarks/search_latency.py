@@ -63,7 +63,8 @@ class Mixture:
         out = np.empty((n, DIM), np.float32)
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
-            z = self.centres[rng.integers(0, CLUSTERS, m)] + SPREAD * rng.standard_normal((m, LATENT), np.float32)
+            z = (self.centres[rng.integers(0, CLUSTERS, m)]
+                 + SPREAD * rng.standard_normal((m, LATENT), np.float32))
             x = z @ self.proj + NOISE * rng.standard_normal((m, DIM), np.float32)
             out[s:s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out
@@ -161,14 +162,16 @@ t0 = time.perf_counter()
 from search.searcher import Searcher
 t1 = time.perf_counter()
 s = Searcher(sys.argv[1])
-hits = s.search_embedding(np.load(sys.argv[2]), k=10) if sys.argv[3] == "embedding" else s.search(sys.argv[3], k=10)
+hits = (s.search_embedding(np.load(sys.argv[2]), k=10) if sys.argv[3] == "embedding"
+        else s.search(sys.argv[3], k=10))
 t2 = time.perf_counter()
 print(f"{t1 - t0:.4f} {t2 - t1:.4f} {len(hits)}")
 """
 FIRST_TEXT = "a photo of a red circle"
 
 
-def open_and_first_query(path: Path, q: np.ndarray, work: Path, text: str | None = None) -> tuple[float, float]:
+def open_and_first_query(path: Path, q: np.ndarray, work: Path,
+                         text: str | None = None) -> tuple[float, float]:
     """(import seconds, open + first query seconds) in a fresh process (page cache warm).
 
     With text, the first query is that text: the store's model is loaded (torch import included)."""
@@ -189,7 +192,8 @@ def bench_numpy(x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
 
     found, ms = timed(one, queries)
     p50, p95 = pct(ms)
-    return {"method": "numpy brute force (float32 in RAM)", "p50_ms": p50, "p95_ms": p95, "recall": recall(found, truth)}
+    return {"method": "numpy brute force (float32 in RAM)", "p50_ms": p50, "p95_ms": p95,
+            "recall": recall(found, truth)}
 
 
 def bench_datasets(x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -211,8 +215,8 @@ def bench_datasets(x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dic
 
     found, ms = timed(one, queries[:100])
     p50, p95 = pct(ms)
-    res = {"method": "datasets add_faiss_index (Flat IP) + get_nearest_examples", "p50_ms": p50, "p95_ms": p95,
-           "recall": recall(found, truth[:100]), "build_s": build}
+    res = {"method": "datasets add_faiss_index (Flat IP) + get_nearest_examples", "p50_ms": p50,
+           "p95_ms": p95, "recall": recall(found, truth[:100]), "build_s": build}
 
     def idx_only(q):
         with _faiss_threads(1):
@@ -250,7 +254,8 @@ def bench_index(path: Path, record: dict, queries: np.ndarray, truth: np.ndarray
     p50, p95 = pct(ms)
     imp, first = open_and_first_query(path, queries[0], work)
     cold = {**common, "method": f"Searcher ({kind}), first pass (cold caches)", "p50_ms": p50, "p95_ms": p95,
-            "recall": recall(found, truth), "open_s_in_process": open_s, "open_first_query_s": first, "import_s": imp}
+            "recall": recall(found, truth), "open_s_in_process": open_s, "open_first_query_s": first,
+            "import_s": imp}
     if text_first:
         _, cold["open_first_text_query_s"] = open_and_first_query(path, queries[0], work, FIRST_TEXT)
     res = interleaved({"raw": raw, "warm": full}, queries)
@@ -264,7 +269,8 @@ def bench_index(path: Path, record: dict, queries: np.ndarray, truth: np.ndarray
 
 
 def vit_b32(work: Path):
-    """An Encoder over a random-weight ViT-B/32 CLIP (CLIPConfig defaults) saved under work/ (the store's model)."""
+    """An Encoder over a random-weight ViT-B/32 CLIP (CLIPConfig defaults) saved under work/
+    (the store's model)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -303,8 +309,8 @@ def bench_text(enc, repeats: int = 100) -> dict:
                 _, ms = timed(lambda t: enc.encode_texts([t]), [text] * repeats, warmup=0)
                 cpu_ms = (time.process_time() - c0) * 1e3 / repeats
             p50, p95 = pct(ms)
-            res["cases"].append({"policy": policy, "length": label, "tokens": n_tok, "p50_ms": p50, "p95_ms": p95,
-                                 "cpu_ms": cpu_ms})
+            res["cases"].append({"policy": policy, "length": label, "tokens": n_tok, "p50_ms": p50,
+                                 "p95_ms": p95, "cpu_ms": cpu_ms})
     return res
 
 
@@ -343,7 +349,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="100k vectors only")
-    p.add_argument("--sizes", default=None, help="comma-separated store sizes (default 100000,1000000; '' for none)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated store sizes (default 100000,1000000; '' for none)")
     p.add_argument("--kinds", default="flat,hnsw,ivf,ivfpq", help="index types to build")
     p.add_argument("--hnsw-max", type=int, default=1_000_000, help="skip HNSW above this size (build time)")
     p.add_argument("--queries", type=int, default=200)
@@ -371,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         truth = exact_truth(x, queries)
         stats = neighbour_stats(x)
         base = write_base_store(work / f"base-{n}", x, encoder.info)
-        print(f"   data + store written in {time.perf_counter() - t0:.1f} s; median cosine to 1st/10th neighbour "
-              f"{stats['nn1_cos']:.3f}/{stats['nn10_cos']:.3f}, random pair {stats['random_pair_cos']:.3f}", flush=True)
+        print(f"   data + store written in {time.perf_counter() - t0:.1f} s; "
+              f"median cosine to 1st/10th neighbour "
+              f"{stats['nn1_cos']:.3f}/{stats['nn10_cos']:.3f}, random pair {stats['random_pair_cos']:.3f}",
+              flush=True)
         rows = [bench_numpy(x, queries, truth)]
         print("   numpy done", flush=True)
         if not args.no_datasets:
@@ -396,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## text encoding (batch 1, indexer.Encoder.encode_texts)\n\n{text['model']}\n")
         print("| threads | query length | p50 ms | p95 ms | CPU ms per query |\n|---|---|---:|---:|---:|")
         for c in text["cases"]:
-            print(f"| {c['policy']} | {c['length']} | {c['p50_ms']:.1f} | {c['p95_ms']:.1f} | {c['cpu_ms']:.1f} |")
+            print(f"| {c['policy']} | {c['length']} | {c['p50_ms']:.1f} | {c['p95_ms']:.1f} | "
+                  f"{c['cpu_ms']:.1f} |")
     report["targets"] = TARGETS
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

@@ -73,7 +73,8 @@ def main() -> None:
         q = np.random.default_rng(1).standard_normal(args.dim).astype(np.float32)
         check = per_call(lambda: manifest_signature(store), 2000)
         search = per_call(lambda: searcher.search_embedding(q, k=10), 20)
-        print(f"generation check (stat of manifest.json): {check * 1e6:.1f} us; exact embedding search k=10 over "
+        print(f"generation check (stat of manifest.json): {check * 1e6:.1f} us; "
+              f"exact embedding search k=10 over "
               f"{args.rows:,} rows: {search * 1e3:.1f} ms; check / search = {check / search:.5f}")
         reopen = per_call(searcher.reopened, 20)
         fresh = per_call(lambda: Searcher(store), 20)

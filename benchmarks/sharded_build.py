@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_latency import DIM, Mixture, recall  # noqa: E402 - benchmarks are run as scripts
+from search_latency import DIM, Mixture, recall
 
 SHARD_ROWS = 65_536
 
@@ -72,13 +72,15 @@ def run_sharded(store: str, workers: int, max_memory: int, nlist: int | None, ou
     t0 = time.perf_counter()
     with StoreWriter(store) as w:
         snap = w.snapshot()
-        plan = plan_sharded([s["rows"] for s in snap.manifest["shards"]], snap.dim, max_memory, workers, nlist=nlist)
+        plan = plan_sharded([s["rows"] for s in snap.manifest["shards"]], snap.dim, max_memory, workers,
+                            nlist=nlist)
         record = build_sharded(w, plan, log=lambda m: print(m, flush=True))
     out.put({"seconds": time.perf_counter() - t0, "record": record, "plan": plan_dict(plan), **_peak()})
 
 
 def run_peer(store: str, factory: str, nlist: int, pq_m: int, train_rows: int, out) -> None:
-    """The same IVF-PQ, trained on the same sample, filled in one process in RAM, written to a scratch file."""
+    """The same IVF-PQ, trained on the same sample, filled in one process in RAM,
+    written to a scratch file."""
     import faiss
 
     from indexer.faiss_index import IndexSpec
@@ -131,7 +133,8 @@ def evaluate(store: Path, n_queries: int, seed: int = 99) -> dict:
         found.append([h.id for h in s.search_embedding(v, k=10)])
         ms.append((time.perf_counter() - t) * 1e3)
     return {"queries": n_queries, "exact_truth_seconds": round(truth_s, 1),
-            "raw_recall_at_10": round(recall(raw, truth), 4), "raw_p50_ms": round(float(np.median(raw_ms)), 2),
+            "raw_recall_at_10": round(recall(raw, truth), 4),
+            "raw_p50_ms": round(float(np.median(raw_ms)), 2),
             "searcher_recall_at_10": round(recall(found, truth), 4),
             "searcher_p50_ms": round(float(np.median(ms)), 2)}
 
@@ -142,10 +145,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/pixdex-sharded-bench", help="scratch folder for the store")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-memory", default="2G", help="--max-index-memory for the sharded build")
-    ap.add_argument("--nlist", type=int, default=None, help="override the planned nlist (default: ~4*sqrt(n))")
+    ap.add_argument("--nlist", type=int, default=None,
+                    help="override the planned nlist (default: ~4*sqrt(n))")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--no-peer", action="store_true", help="skip the single-process build")
-    ap.add_argument("--keep", action="store_true", help="keep the store for another run (reused if its size matches)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the store for another run (reused if its size matches)")
     ap.add_argument("--quick", action="store_true", help="fewer queries")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
@@ -174,7 +179,8 @@ def main(argv=None) -> int:
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{platform.machine()}, "
         f"{os.cpu_count()} cores", "python": platform.python_version(), "n": args.n, "dim": DIM,
-        "command": "python benchmarks/sharded_build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/sharded_build.py "
+                   + " ".join(argv if argv is not None else sys.argv[1:]),
         "store_write_seconds": round(write_s, 1) if write_s else None,
         "factory": rec["factory"], "nprobe": rec["params"].get("nprobe"), "parts": rec["plan"]["parts"],
         "workers": rec["plan"]["workers"], "max_index_memory": budget,
@@ -194,16 +200,21 @@ def main(argv=None) -> int:
     print(f"\n### Sharded build, {args.n:,} x {DIM} ({result['date']}, {result['machine']})\n")
     print("| | sharded (pixdex --index sharded) | peer: one-process IVF-PQ in RAM |")
     print("|---|---|---|")
-    print(f"| index | {rec['factory']}, {rec['plan']['parts']} parts, {rec['plan']['workers']} workers, merged on disk "
+    print(f"| index | {rec['factory']}, {rec['plan']['parts']} parts, {rec['plan']['workers']} workers, "
+          f"merged on disk "
           f"| {rec['factory']} |")
     if peer:
         print(f"| build wall-clock | {sharded['seconds']:.0f} s (train {rec['timings']['train']:.0f}, add "
-              f"{rec['timings']['add']:.0f}, merge {rec['timings']['merge']:.0f}) | {peer['seconds']:.0f} s |")
-        print(f"| peak RSS | main {sharded['peak_rss_main'] / mib:.0f} MiB, worker {rec['peak_rss_worker'] / mib:.0f} MiB "
+              f"{rec['timings']['add']:.0f}, merge {rec['timings']['merge']:.0f}) | "
+              f"{peer['seconds']:.0f} s |")
+        print(f"| peak RSS | main {sharded['peak_rss_main'] / mib:.0f} MiB, "
+              f"worker {rec['peak_rss_worker'] / mib:.0f} MiB "
               f"(budget {budget / mib:.0f} MiB) | {peer['peak_rss_main'] / mib:.0f} MiB |")
         print(f"| index bytes/vector | {index_bytes / args.n:.1f} | {peer['bytes'] / args.n:.1f} |")
-    print(f"\nrecall@10 on {ev['queries']} fresh queries (exact truth over all {args.n:,}): raw IVF-PQ at nprobe "
-          f"{rec['params'].get('nprobe')} {ev['raw_recall_at_10']:.3f} (p50 {ev['raw_p50_ms']:.1f} ms); Searcher with "
+    print(f"\nrecall@10 on {ev['queries']} fresh queries (exact truth over all {args.n:,}): "
+          f"raw IVF-PQ at nprobe "
+          f"{rec['params'].get('nprobe')} {ev['raw_recall_at_10']:.3f} (p50 {ev['raw_p50_ms']:.1f} ms); "
+          f"Searcher with "
           f"exact re-scoring {ev['searcher_recall_at_10']:.3f} (p50 {ev['searcher_p50_ms']:.1f} ms)")
     print(json.dumps(result, indent=2))
     if args.json:

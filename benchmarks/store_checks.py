@@ -68,11 +68,14 @@ def main() -> None:
         probing = min(timed(lambda: Store.open(root / "a").check_probes()) for _ in range(3))
         full = timed(lambda: Store.open(root / "a").verify(full=True))
         plain = timed(lambda: read_all(root / "a"))
-        print(f"store: {args.rows} rows x {args.dim} dims, {len(store.manifest['shards'])} shards, {files} files, "
+        print(f"store: {args.rows} rows x {args.dim} dims, {len(store.manifest['shards'])} shards, "
+              f"{files} files, "
               f"{size / 2**20:.0f} MiB")
         print(f"write with checksums {with_sums:.2f} s, without {without:.2f} s: {with_sums / without:.2f}x")
-        print(f"open (manifest + sizes) {opening * 1e3:.1f} ms; open + probe every file {probing * 1e3:.1f} ms")
-        print(f"info --check (sha256 + every file parsed) {full:.2f} s; plain read of every file {plain:.2f} s: "
+        print(f"open (manifest + sizes) {opening * 1e3:.1f} ms; "
+              f"open + probe every file {probing * 1e3:.1f} ms")
+        print(f"info --check (sha256 + every file parsed) {full:.2f} s; "
+              f"plain read of every file {plain:.2f} s: "
               f"{full / plain:.2f}x")
     finally:
         shutil.rmtree(root, ignore_errors=True)

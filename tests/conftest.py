@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from models import save_random_clip  # noqa: E402
+from models import save_random_clip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,7 +46,8 @@ def shapes_clip() -> str:
 
     path = shapes_clip_path()
     if not (Path(path) / "config.json").is_file():
-        pytest.fail("shapes-clip weights are missing from pixdex/demo/shapes-clip (python -m pixdex.demo.train)")
+        pytest.fail("shapes-clip weights are missing from pixdex/demo/shapes-clip "
+                    "(python -m pixdex.demo.train)")
     return path
 
 

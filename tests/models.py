@@ -73,7 +73,8 @@ def save_random_siglip(out: Path, seed: int = 0) -> Path:
                      "bos_token_id": None},
         vision_config=TINY_VISION)
     SiglipModel(cfg).save_pretrained(out)
-    proc = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    proc = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                           tokenizer=tok)
     proc.save_pretrained(out)
     return out
 
@@ -110,6 +111,7 @@ def save_random_siglip2(out: Path, seed: int = 0) -> Path:
                      "bos_token_id": tok.bos_token_id},
         vision_config={**vision, "patch_size": 16, "num_patches": 256})
     Siglip2Model(cfg).save_pretrained(out)
-    proc = Siglip2Processor(image_processor=Siglip2ImageProcessor(patch_size=16, max_num_patches=256), tokenizer=tok)
+    proc = Siglip2Processor(image_processor=Siglip2ImageProcessor(patch_size=16, max_num_patches=256),
+                            tokenizer=tok)
     proc.save_pretrained(out)
     return out

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("indexer", "search", "classify", "pixdex")
 # what each library package may import from the project (pixdex composes them all)
-ALLOWED = {"indexer": set(), "search": {"indexer"}, "classify": {"indexer"}, "pixdex": {"indexer", "search", "classify"}}
+ALLOWED = {"indexer": set(), "search": {"indexer"}, "classify": {"indexer"},
+           "pixdex": {"indexer", "search", "classify"}}
 
 
 def module_name(path: Path) -> str:
@@ -54,7 +55,8 @@ def test_packages_import_only_downward(package):
             top = target.split(".")[0]
             if top != package and top not in ALLOWED[package]:
                 wrong.append(f"{name} imports {target}")
-    assert not wrong, f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of the project'}: {wrong}"
+    assert not wrong, (f"{package} may import only {sorted(ALLOWED[package]) or 'nothing of the project'}: "
+                       f"{wrong}")
 
 
 

@@ -27,7 +27,8 @@ def test_eval_metrics_follow_from_predictions(tiny_store, shapes_dir, tmp_path):
     assert report.evaluated == len(rows) == 48 and report.missing == 0
     truth = [set(r["truth"].split(";")) for r in rows]
     assert report.top1 == pytest.approx(np.mean([r["predicted"] in t for r, t in zip(rows, truth)]))
-    assert report.top5 == pytest.approx(np.mean([bool(set(r["top5"].split(";")) & t) for r, t in zip(rows, truth)]))
+    assert report.top5 == pytest.approx(np.mean([bool(set(r["top5"].split(";")) & t)
+                                                 for r, t in zip(rows, truth)]))
     cm = np.array(report.confusion)
     single = [(next(iter(t)), r["predicted"]) for r, t in zip(rows, truth) if len(t) == 1]
     assert cm.sum() == len(single) and report.multi_label_rows == sum(len(t) > 1 for t in truth)
@@ -82,7 +83,8 @@ def test_cli_eval(tiny_store, shapes_dir, tmp_path, capsys):
 def test_shapes_clip_recognises_shapes(shapes_store, tmp_path):
     labels_csv = next(shapes_store.parent.glob("images/labels.csv"))
     # the prompt shapes-clip's own quality promise (shape top-1 >= 0.9 on single objects) is measured with
-    report = evaluate_store(shapes_store, labels_csv, column="shape", template="a photo of a {}.", out_dir=tmp_path)
+    report = evaluate_store(shapes_store, labels_csv, column="shape", template="a photo of a {}.",
+                            out_dir=tmp_path)
     assert report.evaluated == 240
     assert report.top1 >= max(0.25, shapes_clip_promise("shape_top1", 0.8)), report.text()  # chance: 1/6
     colors = evaluate_store(shapes_store, labels_csv, column="color", template="a photo of a {} shape.")

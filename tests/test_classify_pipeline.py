@@ -77,7 +77,8 @@ def check_model_matches_pipeline(model: str, images: list[str]) -> None:
             theirs = pipe(images, candidate_labels=labels, hypothesis_template=template)
             assert_same(clf(images, candidate_labels=labels, hypothesis_template=template), theirs)
     # default template, one image in -> one list out
-    assert_same(clf(images[0], candidate_labels=LABEL_SETS[0]), pipe(images[0], candidate_labels=LABEL_SETS[0]))
+    assert_same(clf(images[0], candidate_labels=LABEL_SETS[0]),
+                pipe(images[0], candidate_labels=LABEL_SETS[0]))
 
 
 def test_random_clip_matches_pipeline(tiny_clip, images):
@@ -128,7 +129,8 @@ def test_label_embeddings_are_computed_once(tiny_clip, images, monkeypatch):
     clf = ZeroShotClassifier(tiny_clip, device="cpu")
     calls = []
     original = clf.encoder.encode_texts
-    monkeypatch.setattr(clf.encoder, "encode_texts", lambda texts, **kw: calls.append(list(texts)) or original(texts))
+    monkeypatch.setattr(clf.encoder, "encode_texts",
+                        lambda texts, **kw: calls.append(list(texts)) or original(texts))
     for img in images:
         clf(img, candidate_labels=LABEL_SETS[0])
     clf(images, candidate_labels=LABEL_SETS[1], hypothesis_template="{}")
@@ -139,7 +141,8 @@ def test_top_k_and_ties_in_label_order(tiny_clip, images):
     clf = ZeroShotClassifier(tiny_clip, device="cpu")
     full = clf(images[0], candidate_labels=LABEL_SETS[1])
     assert clf(images[0], candidate_labels=LABEL_SETS[1], top_k=2) == full[:2]
-    # "star " and "star" tokenize alike, so they tie: the earlier label comes first (the pipeline's stable sort)
+    # "star " and "star" tokenize alike, so they tie: the earlier label comes first
+    # (the pipeline's stable sort)
     for labels in (["star ", "circle", "star"], ["star", "circle", "star "]):
         res = clf(images[0], candidate_labels=labels)
         stars = [r for r in res if r["label"].strip() == "star"]
@@ -188,8 +191,8 @@ def http_root(shapes_dir):
 def test_url_inputs_and_timeout(tiny_clip, images, http_root):
     clf = ZeroShotClassifier(tiny_clip, device="cpu")
     url = f"{http_root}/{Path(images[1]).name}"
-    assert_same(clf(url, candidate_labels=LABEL_SETS[0], timeout=5), clf(images[1], candidate_labels=LABEL_SETS[0]),
-                tol=1e-6)
+    assert_same(clf(url, candidate_labels=LABEL_SETS[0], timeout=5),
+                clf(images[1], candidate_labels=LABEL_SETS[0]), tol=1e-6)
     silent = socket.socket()  # accepts connections, never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)

@@ -109,7 +109,8 @@ def test_multi_label_clip_calibration_and_thresholds(tiny_store, tiny_clip, tmp_
     labels = SHAPES[:4]
     lab = label_embeddings(enc, labels, resolve_templates())
     bg = label_embeddings(enc, ["nothing at all"], resolve_templates())[0]
-    expected = 1 / (1 + np.exp(-enc.logit_scale * (emb @ lab.T - (emb @ bg)[:, None])))  # softmax over {label, background}
+    # softmax over {label, background}
+    expected = 1 / (1 + np.exp(-enc.logit_scale * (emb @ lab.T - (emb @ bg)[:, None])))
     thr = float(np.median(expected))
     per_label = {"star": 0.2}
     labels_file = tmp_path / "labels.txt"
@@ -121,7 +122,8 @@ def test_multi_label_clip_calibration_and_thresholds(tiny_store, tiny_clip, tmp_
     for row, exp in zip(rows, expected):
         want = [labels[j] for j in np.argsort(-exp, kind="stable") if exp[j] >= cut[j]]
         near = np.abs(exp - cut) < 2e-3  # float16 storage may move a score across its cut
-        assert [x for x in row["labels"] if not near[labels.index(x)]] == [x for x in want if not near[labels.index(x)]]
+        assert ([x for x in row["labels"] if not near[labels.index(x)]]
+                == [x for x in want if not near[labels.index(x)]])
         assert np.allclose(row["scores"], exp[[labels.index(x) for x in row["labels"]]], atol=2e-3)
     assert 0 < sum(len(r["labels"]) for r in rows) < len(rows) * len(labels)
     capped = collect(st, labels, mode="multi", threshold=0.0, top_k=2, background="nothing at all")
@@ -230,8 +232,8 @@ def test_cli_classify_and_classify_image(tiny_store, tiny_clip, tmp_path, capsys
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("\n".join(SHAPES) + "\n")
     out = tmp_path / "t.parquet"
-    assert main(["classify", str(tiny_store), "--labels-file", str(labels_file), "--ensemble", "clip-imagenet-80",
-                 "--top-k", "2", "--out", str(out), "--no-progress", "--json"]) == 0
+    assert main(["classify", str(tiny_store), "--labels-file", str(labels_file), "--ensemble",
+                 "clip-imagenet-80", "--top-k", "2", "--out", str(out), "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == Store.open(tiny_store).count and summary["templates"] == 80
     assert pq.read_table(out).column_names == ["id", "path", "label", "score", "labels", "scores"]
@@ -243,11 +245,12 @@ def test_cli_classify_and_classify_image(tiny_store, tiny_clip, tmp_path, capsys
     assert first[1] == Store.open(tiny_store).paths([int(first[0])])[0] and first[2] in ("circle", "star")
 
     image = Store.open(tiny_store).paths([0])[0]
-    assert main(["classify-image", image, "--labels", "circle,star,square", "--model", tiny_clip, "--json"]) == 0
+    assert main(["classify-image", image, "--labels", "circle,star,square", "--model", tiny_clip,
+                 "--json"]) == 0
     from transformers import pipeline
 
-    ref = pipeline("zero-shot-image-classification", model=tiny_clip)(image, candidate_labels=["circle", "star",
-                                                                                                "square"])
+    ref = pipeline("zero-shot-image-classification", model=tiny_clip)(
+        image, candidate_labels=["circle", "star", "square"])
     got = json.loads(capsys.readouterr().out)
     assert [r["label"] for r in got] == [r["label"] for r in ref]
     assert np.allclose([r["score"] for r in got], [r["score"] for r in ref], atol=1e-5)
@@ -298,7 +301,8 @@ def test_tagging_streams_without_loading_the_whole_store(tiny_store, tmp_path, m
     tag_store(tiny_store, SHAPES, top_k=2, batch_rows=7, out=tmp_path / "t.parquet", progress=False)
     assert max(sizes) <= 7 and sum(sizes) == len(expected)
     got = pq.read_table(tmp_path / "t.parquet").to_pylist()
-    assert [(r["id"], r["path"], r["labels"]) for r in got] == [(r["id"], r["path"], r["labels"]) for r in expected]
+    assert ([(r["id"], r["path"], r["labels"]) for r in got]
+            == [(r["id"], r["path"], r["labels"]) for r in expected])
     assert np.allclose([r["scores"] for r in got], [r["scores"] for r in expected])
 
 

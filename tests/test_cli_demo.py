@@ -12,11 +12,13 @@ from pixdex.cli import COMMAND_MODULES, build_parser, main
 
 
 def test_version_and_help_on_every_subcommand(capsys):
-    out = subprocess.run([sys.executable, "-m", "pixdex", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "pixdex", "--version"], capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == f"pixdex {__version__}"
     parser = build_parser()
     names = set(parser._subparsers._group_actions[0].choices)
-    assert {"shapes", "index", "info", "search", "classify", "classify-image", "eval", "serve", "demo"} <= names
+    assert {"shapes", "index", "info", "search", "classify", "classify-image", "eval", "serve",
+            "demo"} <= names
     for name in sorted(names):
         assert main([name, "--help"]) == 0  # main returns the status, also for --help
         assert "usage: pixdex " + name in capsys.readouterr().out

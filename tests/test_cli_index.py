@@ -16,7 +16,8 @@ SUMMARY_KEYS = {"indexed", "unchanged", "updated", "removed", "failed", "seconds
 
 
 def pixdex(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([*PIXDEX, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run([*PIXDEX, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def photos(tmp_path_factory, shapes_dir) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, photos, tiny_clip) -> tuple[Path, dict]:
     store = tmp_path_factory.mktemp("cli-store") / "s.pixdex"
-    res = pixdex("index", photos, "--out", store, "--model", tiny_clip, "--index", "hnsw", "--json", "--no-progress")
+    res = pixdex("index", photos, "--out", store, "--model", tiny_clip, "--index", "hnsw", "--json",
+                 "--no-progress")
     assert res.returncode == 0, res.stderr
     return store, json.loads(res.stdout)
 
@@ -86,6 +88,7 @@ def test_missing_default_model_explains_model_path(photos, tmp_path):
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, tiny_clip):
     res = pixdex("index", tmp_path / "nowhere", "--out", tmp_path / "s", "--model", tiny_clip)
-    assert res.returncode == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert (res.returncode == 2 and "does not exist" in res.stderr
+            and len(res.stderr.strip().splitlines()) == 1)
     res = pixdex("info", tmp_path)
     assert res.returncode == 2 and "not a pixdex store" in res.stderr

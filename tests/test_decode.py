@@ -144,7 +144,8 @@ def textured(width: int, height: int, seed: int = 0) -> Image.Image:
     """A photo-like image: smooth gradients, a few shapes and mild noise."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    arr = np.stack([128 + 100 * np.sin(6 * x + 1), 128 + 90 * np.cos(5 * y), 128 + 80 * np.sin(4 * (x + y))], -1)
+    arr = np.stack([128 + 100 * np.sin(6 * x + 1), 128 + 90 * np.cos(5 * y),
+                    128 + 80 * np.sin(4 * (x + y))], -1)
     arr[height // 4 : height // 2, width // 3 : width // 2] = (230, 40, 40)
     arr += rng.normal(0, 6, arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -201,7 +202,7 @@ def test_to_rgb_accepts_pil_images_of_any_mode():
         assert to_rgb(Image.new(mode, (3, 3))).mode == "RGB"
 
 
-# ---- hostile files: bombs, odd files, damage -----------------------------------------------------------------
+# ---- hostile files: bombs, odd files, damage ----------------------------------------------------------
 def with_exif_chunk(png: bytes, orientation: int) -> bytes:
     """The PNG with an eXIf chunk after IDAT (where PIL only finds it by decoding the pixels first)."""
     exif = Image.Exif()
@@ -254,7 +255,8 @@ for attempt in (lambda: decode_bytes(data), lambda: decode_bytes(data, draft_siz
         attempt()
     except (DecodeError, PixdexError) as exc:
         refused += "too large" in str(exc)
-print(refused, thumbnail_data_uri(sys.argv[1]), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+print(refused, thumbnail_data_uri(sys.argv[1]),
+      (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
 
 
@@ -267,7 +269,8 @@ def test_png_bomb_stays_small_in_memory_on_every_path(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(tmp_path / "bomb.png")], cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300)
+                         env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     refused, thumb, grew_mb = out.stdout.split()
     assert refused == "5" and thumb == "None"
@@ -362,7 +365,8 @@ def test_read_file_refuses_fifos_and_devices_without_blocking(tmp_path):
 
 
 def test_photo_metadata_of_a_path_does_not_open_a_fifo(tmp_path):
-    """Older stores gain photo columns by reading each file's header: a file swapped for a FIFO must not hang it."""
+    """Older stores gain photo columns by reading each file's header: a file swapped for a FIFO
+    must not hang it."""
     import os
     import threading
 

@@ -197,7 +197,8 @@ def test_candidate_stage_finds_the_close_pairs_through_every_index_type(tmp_path
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     info = ModelInfo(name="synthetic", family="clip", dim=dim, fingerprint="synthetic-32", model_type="clip")
     with StoreWriter(tmp_path / "s", info, shard_rows=1000) as w:
-        w.append([{"path": f"/x/{i}.jpg", "bytes": 1, "mtime": 0.0, "width": 1, "height": 1, "sha256": f"{i:064x}"}
+        w.append([{"path": f"/x/{i}.jpg", "bytes": 1, "mtime": 0.0, "width": 1, "height": 1,
+                   "sha256": f"{i:064x}"}
                   for i in range(n)], v)
         w.commit()
         update_index(w, kind, log=lambda m: None)

@@ -29,13 +29,15 @@ def model_dirs(tmp_path_factory, tiny_clip) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    """A few varied files: PNG, small JPEG, a large JPEG (draft-decoded), an EXIF-rotated JPEG, a wide image."""
+    """A few varied files: PNG, small JPEG, a large JPEG (draft-decoded), an EXIF-rotated JPEG,
+    a wide image."""
     out = tmp_path_factory.mktemp("enc-images")
     rng = np.random.default_rng(5)
 
     def photo(w, h):
         y, x = np.mgrid[0:h, 0:w] / max(w, h)
-        arr = np.stack([128 + 100 * np.sin(7 * x), 128 + 90 * np.cos(5 * y), 128 + 60 * np.sin(3 * (x + y))], -1)
+        arr = np.stack([128 + 100 * np.sin(7 * x), 128 + 90 * np.cos(5 * y),
+                        128 + 60 * np.sin(3 * (x + y))], -1)
         arr[h // 3 : h // 2, w // 4 : w // 2] = rng.integers(0, 255, 3)
         return Image.fromarray(np.clip(arr + rng.normal(0, 5, arr.shape), 0, 255).astype(np.uint8))
 
@@ -110,7 +112,8 @@ def test_store_refuses_another_model(model_dirs, images, tmp_path):
     index_collection([str(images / "a.png")], store, model=model_dirs["clip"], device="cpu", progress=False,
                      workers=0)
     with pytest.raises(ModelMismatchError) as err:
-        index_collection([str(images)], store, model=model_dirs["siglip"], device="cpu", progress=False, workers=0)
+        index_collection([str(images)], store, model=model_dirs["siglip"], device="cpu", progress=False,
+                         workers=0)
     message = str(err.value)
     assert model_dirs["clip"] in message and "--model" in message and "\n" not in message
     assert Store.open(store).count == 1  # nothing was written

@@ -117,7 +117,8 @@ def test_ivf_grows_in_place_then_is_rebuilt_after_doubling(tmp_path):
     store = Store.open(path)
     assert store.index_is_current()
     new_ids, new_vecs = next(store.iter_embeddings(batch_rows=100, start_id=2000))
-    assert store.load_index().search(new_vecs[:20].astype(np.float32), 1)[1][:, 0].tolist() == new_ids[:20].tolist()
+    assert (store.load_index().search(new_vecs[:20].astype(np.float32), 1)[1][:, 0].tolist()
+            == new_ids[:20].tolist())
 
     with StoreWriter(path) as w:
         w.delete(range(100))

@@ -15,15 +15,15 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from models import save_random_clip, save_random_siglip, save_random_siglip2  # noqa: E402
+from models import save_random_clip, save_random_siglip, save_random_siglip2
 
-from indexer.encoder import Encoder  # noqa: E402
-from indexer.image_onnx import _LOADED as _LOADED_IMAGES  # noqa: E402
-from indexer.image_onnx import load_image_encoder  # noqa: E402
-from indexer.onnx_cache import check_export, export_dir  # noqa: E402
-from indexer.onnx_export import ensure_export, probe_images  # noqa: E402
-from indexer.text_onnx import _LOADED, load_text_encoder  # noqa: E402
-from search.searcher import Searcher  # noqa: E402
+from indexer.encoder import Encoder
+from indexer.image_onnx import _LOADED as _LOADED_IMAGES
+from indexer.image_onnx import load_image_encoder
+from indexer.onnx_cache import check_export, export_dir
+from indexer.onnx_export import ensure_export, probe_images
+from indexer.text_onnx import _LOADED, load_text_encoder
+from search.searcher import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -76,8 +76,9 @@ def test_fast_path_matches_transformers(family_models, family):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["clip", "shapes-clip", "siglip", "siglip2"])
 def test_image_path_matches_transformers_or_is_refused(family_models, family):
-    """Images resized and cropped with PIL (indexer.pixels) through the ONNX vision tower equal the model's own
-    processor + transformers; SigLIP2's NaFlex patches are not replayed, so its images keep transformers."""
+    """Images resized and cropped with PIL (indexer.pixels) through the ONNX vision tower equal the model's
+    own processor + transformers; SigLIP2's NaFlex patches are not replayed, so its images keep
+    transformers."""
     enc = Encoder(family_models[family], device="cpu")
     ok, why = ensure_export(enc, "image")
     _LOADED_IMAGES.pop(enc.fingerprint, None)
@@ -115,7 +116,8 @@ def test_a_text_query_imports_neither_torch_nor_transformers_nor_pandas(shapes_s
             "assert s.search('a red circle', k=3) and s.text_encoder is not None; "
             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code, str(shapes_store)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         timeout=120)
     assert json.loads(out.stdout) == []
 
 
@@ -217,8 +219,8 @@ def test_store_with_an_unexportable_model_falls_back_with_a_notice(tmp_path, sha
 
 
 def test_a_query_process_writes_the_missing_export(shapes_store, tmp_path, monkeypatch, caplog):
-    """A store indexed before exports existed: the first text query falls back, says so, and writes the export,
-    so the next process gets the fast path."""
+    """A store indexed before exports existed: the first text query falls back, says so, and writes the
+    export, so the next process gets the fast path."""
     monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "empty-cache"))
     s = Searcher(shapes_store)
     fingerprint = s.store.model["fingerprint"]
@@ -251,7 +253,8 @@ def test_cache_folder_is_not_a_store_file(shapes_store):
 
 @pytest.mark.parametrize("argv,allowed", [
     (["--help"], []), (["info", "{store}"], []), (["search", "{store}", "a red circle", "-k", "0"], []),
-    (["search", "{store}", "id:3", "--json"], []), (["search", "{store}", "--image", "{image}"], ["onnxruntime"]),
+    (["search", "{store}", "id:3", "--json"], []),
+    (["search", "{store}", "--image", "{image}"], ["onnxruntime"]),
 ])
 def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv, allowed):
     """--help, info, a refused option and an id: query answer without torch, transformers, onnxruntime or
@@ -261,7 +264,8 @@ def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv,
     code = ("import contextlib, io, json, sys; from pixdex.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'pandas') if m in sys.modules)))")
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'pandas') "
+            "if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert json.loads(out.stdout) == allowed

@@ -94,7 +94,8 @@ def test_a_tag_set_covering_fewer_items_than_the_store_is_not_saved(tagged_store
             added.append(index_collection([str(extra)], tagged_store, model=model, progress=False, workers=0))
 
     with pytest.raises(PixdexError, match="not saved: it covers 48 of the store's 49 items"):
-        tag_store(tagged_store, ["circle", "star"], save_as="shape_pred", emit=add_an_image_once, progress=False)
+        tag_store(tagged_store, ["circle", "star"], save_as="shape_pred", emit=add_an_image_once,
+                  progress=False)
     assert added and Store.open(tagged_store).count == 49
     assert tag_table(tagged_store).equals(before)
 
@@ -143,7 +144,7 @@ def test_every_numeric_option_is_checked_before_any_work(tmp_path, capsys, argv,
     assert out == "" and list(tmp_path.iterdir()) == []  # nothing created
 
 
-# ---- output paths, devices, models --------------------------------------------------------------------------
+# ---- output paths, devices, models ------------------------------------------------------------------
 def test_html_to_a_folder_or_an_unwritable_place_is_refused_before_searching(tiny_store, tmp_path, capsys):
     code, out, err = run(capsys, "search", tiny_store, "a circle", "--html", tmp_path)
     one_line_error(code, err, "search", "is a folder")
@@ -179,7 +180,8 @@ def test_classify_out_to_a_folder_is_refused(tagged_store, capsys):
 def test_eval_out_dir_that_is_a_file_is_refused_before_evaluating(tiny_store, shapes_dir, tmp_path, capsys):
     blocker = tmp_path / "report"
     blocker.write_text("keep me")
-    code, out, err = run(capsys, "eval", tiny_store, "--truth", shapes_dir / "labels.csv", "--out-dir", blocker)
+    code, out, err = run(capsys, "eval", tiny_store, "--truth", shapes_dir / "labels.csv", "--out-dir",
+                         blocker)
     one_line_error(code, err, "eval", "argument --out-dir: folder")
     assert "exists and is not a folder" in err and out == "" and blocker.read_text() == "keep me"
     from classify.evaluate import evaluate_store
@@ -260,7 +262,8 @@ def broken_models(shapes_clip, tmp_path) -> dict[str, Path]:
     ("garbage", "damaged or incomplete (SafetensorError"),
     ("noweights", "has no weights (model.safetensors or pytorch_model.bin)"),
 ])
-def test_broken_model_folder_is_explained_not_blamed_on_the_hub(broken_models, tmp_path, capsys, which, needle):
+def test_broken_model_folder_is_explained_not_blamed_on_the_hub(broken_models, tmp_path, capsys, which,
+                                                                needle):
     image = tmp_path / "x.png"
     from PIL import Image
 
@@ -273,7 +276,7 @@ def test_broken_model_folder_is_explained_not_blamed_on_the_hub(broken_models, t
     assert not (tmp_path / "s").exists()
 
 
-# ---- one handler for everything -----------------------------------------------------------------------------
+# ---- one handler for everything ---------------------------------------------------------------------
 def test_info_into_a_closed_pipe_exits_quietly(tiny_store):
     """`pixdex info STORE | head -2` when head has gone: no BrokenPipeError traceback, rc 141 like cat."""
     read, write = os.pipe()
@@ -338,7 +341,8 @@ def test_no_option_of_any_subcommand_takes_a_bare_int_float_or_device():
     seen = 0
     for name, parser in sub.choices.items():
         for action in parser._actions:
-            assert action.type not in (int, float), f"pixdex {name} {action.option_strings}: bare {action.type}"
+            assert action.type not in (int, float), \
+                f"pixdex {name} {action.option_strings}: bare {action.type}"
             if action.dest == "device":
                 assert action.type is device_arg, f"pixdex {name} --device is not checked"
                 seen += 1

@@ -14,20 +14,21 @@ import time
 import pytest
 
 pytest.importorskip("fastapi")
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-from serving import running  # noqa: E402
+import httpx
+import psutil
+from serving import running
 
 SEED = int(os.environ.get("PIXDEX_FUZZ_SEED", "15"))  # another seed explores further
 MAX_REQUESTS = 600
 MAX_SECONDS = 90.0
 RSS_GROWTH_MB = 300  # a body read whole (the issue's 500 MB) or a decoded bomb would pass this
 
-QUERY_BITS = ["a red circle", "id:", "id:3", "like:", "image:", "text:", "+", "-", '"', "'", "2:", "0:", "-1:",
-              "http://127.0.0.1:9/x.png", "/etc/passwd", "/dev/zero", "{}", "\\", "\x00", "é", "🙂", " ", "id:1e9"]
-FILTER_BITS = ["id", "width", "path", "shape_pred", "=", "!=", "<", ">=", "AND", "OR", "NOT", "(", ")", "IN", "LIKE",
-               "GLOB", "IS", "NULL", "'a'", '"b"', "`x`", "1", "-1", "1e999", "99999999999999999999999", ",", "%",
-               "NEAR(1, 2, 3)", "taken", ">= '2024-01-01'", "TRUE"]
+QUERY_BITS = ["a red circle", "id:", "id:3", "like:", "image:", "text:", "+", "-", '"', "'", "2:", "0:",
+              "-1:", "http://127.0.0.1:9/x.png", "/etc/passwd", "/dev/zero", "{}", "\\", "\x00", "é", "🙂",
+              " ", "id:1e9"]
+FILTER_BITS = ["id", "width", "path", "shape_pred", "=", "!=", "<", ">=", "AND", "OR", "NOT", "(", ")", "IN",
+               "LIKE", "GLOB", "IS", "NULL", "'a'", '"b"', "`x`", "1", "-1", "1e999",
+               "99999999999999999999999", ",", "%", "NEAR(1, 2, 3)", "taken", ">= '2024-01-01'", "TRUE"]
 VALID_BODIES = [
     ("/api/search", {"query": "a red circle", "k": 5}),
     ("/api/search", {"queries": ["a red circle", "id:3"], "k": 3, "where": "width > 10"}),
@@ -38,7 +39,8 @@ VALID_BODIES = [
 
 
 def random_text(rng: random.Random, bits: list[str], most: int = 12) -> str:
-    parts = [rng.choice(bits) if rng.random() < 0.8 else "".join(rng.choices(string.printable, k=rng.randint(1, 8)))
+    parts = [rng.choice(bits) if rng.random() < 0.8
+             else "".join(rng.choices(string.printable, k=rng.randint(1, 8)))
              for _ in range(rng.randint(0, most))]
     text = " ".join(parts)
     if rng.random() < 0.05:
@@ -75,8 +77,8 @@ def mutated_body(rng: random.Random) -> tuple[str, bytes]:
     elif action == 1:
         body.pop(rng.choice(list(body)))
     elif action == 2:
-        body[rng.choice(["k", "where", "threshold", "template", "labels", "ids", "id", "sort", "columns", "extra"])] = \
-            random_value(rng)
+        body[rng.choice(["k", "where", "threshold", "template", "labels", "ids", "id", "sort", "columns",
+                         "extra"])] = random_value(rng)
     elif action == 3:
         key = rng.choice(list(body))
         if isinstance(body[key], list) and body[key]:
@@ -99,26 +101,34 @@ def one_request(rng: random.Random, http: httpx.Client) -> httpx.Response:
         ctype = rng.choice(["application/json"] * 8 + ["text/plain", "application/x-www-form-urlencoded", ""])
         return http.post(url, content=raw, headers={"content-type": ctype} if ctype else {})
     if kind == 3:
-        params = {"q": random_text(rng, QUERY_BITS), "k": rng.choice(["5", "0", "-1", "x", "1e3", "999999999999"]),
-                  "where": random_text(rng, FILTER_BITS), "threshold": rng.choice(["0.1", "x", "nan", "2", ""]),
+        params = {"q": random_text(rng, QUERY_BITS),
+                  "k": rng.choice(["5", "0", "-1", "x", "1e3", "999999999999"]),
+                  "where": random_text(rng, FILTER_BITS),
+                  "threshold": rng.choice(["0.1", "x", "nan", "2", ""]),
                   "sort": rng.choice(["", "width", "-width", "nope", "--x", "🙂"])}
-        return http.get("/api/search", params={k: v for k, v in params.items() if rng.random() < 0.8 or k == "q"})
+        return http.get("/api/search",
+                        params={k: v for k, v in params.items() if rng.random() < 0.8 or k == "q"})
     if kind == 4:
-        token = rng.choice(["0", "3", "47", "48", "-1", "99999999999999999999", "x", "%00", "..%2F..%2Fetc", "1.5"])
+        token = rng.choice(["0", "3", "47", "48", "-1", "99999999999999999999", "x", "%00", "..%2F..%2Fetc",
+                            "1.5"])
         return http.get(f"/api/items/{token}{rng.choice(['', '/thumbnail', '/image', '/nope'])}")
     if kind == 5:
-        params = {"threshold": rng.choice(["0.9", "x", "2", "-1"]), "tolerance": rng.choice(["0.1", "x", "-5"]),
+        params = {"threshold": rng.choice(["0.9", "x", "2", "-1"]),
+                  "tolerance": rng.choice(["0.1", "x", "-5"]),
                   "limit": rng.choice(["1", "0", "x", "9999999"])}
         return http.get("/api/duplicates", params={k: v for k, v in params.items() if rng.random() < 0.5})
     if kind == 6:
         data = {"k": rng.choice(["3", "x", ""]), "labels": random_text(rng, ["a", ",", "circle", " "], 6),
                 "where": random_text(rng, FILTER_BITS, 4), "template": rng.choice(["{}", "{0}", "x", ""])}
-        image = rng.choice([b"", b"not an image", b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(64))])
-        return http.post(rng.choice(["/api/search", "/api/classify"]), files={"image": ("x.png", image, "image/png")},
+        image = rng.choice([b"", b"not an image",
+                            b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(64))])
+        return http.post(rng.choice(["/api/search", "/api/classify"]),
+                         files={"image": ("x.png", image, "image/png")},
                          data={k: v for k, v in data.items() if rng.random() < 0.7})
     if kind == 7:
         return http.request(rng.choice(["GET", "PUT", "DELETE", "PATCH", "OPTIONS"]),
-                            rng.choice(["/api/search", "/api/classify", "/", "/api/info", "/nope", "/static/x"]))
+                            rng.choice(["/api/search", "/api/classify", "/", "/api/info", "/nope",
+                                        "/static/x"]))
     if kind == 8:
         return http.get(rng.choice(["/health", "/api/info", "/", "/openapi.json"]),
                         headers={"host": rng.choice(["127.0.0.1", "localhost:1", "evil.example", "[::1]"])})

@@ -19,16 +19,17 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-import httpx  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from serving import running  # noqa: E402
+import httpx
+from fastapi.testclient import TestClient
+from serving import running
 
-from indexer.errors import PixdexError  # noqa: E402
-from pixdex.cli import main  # noqa: E402
-from pixdex.server.app import create_app  # noqa: E402
-from pixdex.server.limits import Limits  # noqa: E402
+from indexer.errors import PixdexError
+from pixdex.cli import main
+from pixdex.server.app import create_app
+from pixdex.server.limits import Limits
 
-LIMITS = Limits(max_k=50, max_labels=5, max_upload_bytes=200_000, max_json_bytes=100_000, max_image_pixels=1_000_000)
+LIMITS = Limits(max_k=50, max_labels=5, max_upload_bytes=200_000, max_json_bytes=100_000,
+                max_image_pixels=1_000_000)
 
 
 def copy_store(src_images, root, model):
@@ -81,12 +82,14 @@ def one_line_error(resp, status: int | tuple) -> str:
      (400, 413), ""),
     ("post", "/api/search", {"content": b"[" * 50_000, "headers": {"content-type": "application/json"}},
      400, "not valid JSON"),
-    ("post", "/api/search", {"content": b'{"id": ' + b"9" * 5000 + b"}", "headers": {"content-type": "application/json"}},
+    ("post", "/api/search", {"content": b'{"id": ' + b"9" * 5000 + b"}",
+                             "headers": {"content-type": "application/json"}},
      400, "not valid JSON"),
     ("get", "/api/search", {"params": {"q": "a", "where": "(" * 500 + "id = 1" + ")" * 500}}, 400, "nested"),
     ("get", "/api/search", {"params": {"q": "a", "where": "NOT " * 300 + "id = 1"}}, 400, "nested"),
     ("get", "/api/search", {"params": {"q": "a", "where": "id = 1 OR " * 2000 + "id = 2"}}, 413, "filter of"),
-    ("get", "/api/search", {"params": {"q": "a", "where": "id = 99999999999999999999999"}}, 400, "out of range"),
+    ("get", "/api/search", {"params": {"q": "a", "where": "id = 99999999999999999999999"}},
+     400, "out of range"),
     ("post", "/api/search", {"json": {"query": "a", "where": ["id = 1"]}}, 422, "where must be"),
     ("post", "/api/search", {"json": {"query": 5}}, 422, "query must be a string"),
     ("post", "/api/search", {"json": {"queries": "a"}}, 422, "queries must be"),
@@ -94,11 +97,15 @@ def one_line_error(resp, status: int | tuple) -> str:
     ("get", "/api/search", {"params": {"q": "id:99999999999999999999999"}}, 400, "out of range"),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": "{0} {1}"}}, 400, "{}"),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": "{x}"}}, 400, "{}"),
-    ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": "{} and {}"}}, 400, "{}"),
-    ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": "{:>999999999}"}}, 400, "{}"),
-    ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": 5}}, 422, "not a string"),
+    ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": "{} and {}"}},
+     400, "{}"),
+    ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": "{:>999999999}"}},
+     400, "{}"),
+    ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "template": 5}},
+     422, "not a string"),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a", "b"], "top_k": "x"}}, 422, "top_k"),
-    ("post", "/api/classify", {"json": {"ids": [1], "labels": "a"}}, 200, ""),  # "a, b" is a label list, as in the CLI
+    # "a, b" is a label list, as in the CLI
+    ("post", "/api/classify", {"json": {"ids": [1], "labels": "a"}}, 200, ""),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": {"a": 1}}}, 422, "list of strings"),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": ["a" * 2000]}}, 413, "characters"),
     ("post", "/api/classify", {"json": {"ids": [1], "labels": []}}, 400, "empty"),
@@ -159,7 +166,8 @@ def test_classify_label_bound_is_the_servers_limit(served):
 
 # ---- images over HTTP: uploads and stored ids only -------------------------------------------------
 @pytest.mark.parametrize("q", ["image:/etc/passwd", "image:/dev/zero", "image:http://127.0.0.1:9/x.png",
-                               "image:https://example.com/a.png", "2:image:/etc/hostname + a", "image:data:image/png,AAAA"])
+                               "image:https://example.com/a.png", "2:image:/etc/hostname + a",
+                               "image:data:image/png,AAAA"])
 def test_http_queries_never_read_paths_or_urls(served, q):
     client, _, _ = served
     err = one_line_error(client.get("/api/search", params={"q": q}), 400)
@@ -180,7 +188,8 @@ def test_bare_paths_over_http_are_text_and_never_opened(served, tmp_path):
 def test_upload_and_stored_ids_still_work(served):
     client, images, _ = served
     first = min(images.glob("*.png"))
-    up = client.post("/api/search", files={"image": ("q.png", first.read_bytes(), "image/png")}, data={"k": "2"})
+    up = client.post("/api/search", files={"image": ("q.png", first.read_bytes(), "image/png")},
+                     data={"k": "2"})
     assert up.status_code == 200 and up.json()["results"][0]["path"] == str(first)
     mix = client.get("/api/search", params={"q": 'id:3 + "a red circle"', "k": 2})
     assert mix.status_code == 200 and len(mix.json()["results"]) == 2
@@ -228,7 +237,8 @@ def test_url_queries_only_when_allowed_and_bounded(tiny_store, image_host):
     client = TestClient(create_app(tiny_store, limits=limits), base_url="http://127.0.0.1")
     ok = client.get("/api/search", params={"q": f"image:{image_host}/ok.png", "k": 3})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 3
-    assert "larger than" in one_line_error(client.get("/api/search", params={"q": f"image:{image_host}/big.png"}), 400)
+    assert "larger than" in one_line_error(client.get("/api/search",
+                                                      params={"q": f"image:{image_host}/big.png"}), 400)
     err = one_line_error(client.get("/api/search", params={"q": f"image:{image_host}/slow.png"}), 400)
     assert "longer than 1 s" in err
     # still no paths
@@ -238,7 +248,8 @@ def test_url_queries_only_when_allowed_and_bounded(tiny_store, image_host):
 def test_cli_refuses_non_regular_image_files(tiny_store, tmp_path, capsys):
     fifo = tmp_path / "q.png"
     os.mkfifo(fifo)
-    for target, words in ((fifo, "a FIFO (named pipe), not a regular file"), ("/dev/zero", "a character device"),
+    for target, words in ((fifo, "a FIFO (named pipe), not a regular file"),
+                          ("/dev/zero", "a character device"),
                           (tmp_path, "a directory"), (tmp_path / "missing.png", "No such file")):
         assert main(["search", str(tiny_store), f"image:{target}"]) == 2
         err = capsys.readouterr().err.strip()
@@ -287,7 +298,8 @@ def test_chunked_bodies_are_bounded(tiny_store):
             assert "exceeds" in json.loads(body)["error"]
             assert sent < 40 * 2**20  # answered after the limit plus socket buffers, not after 200 MB
         with httpx.Client(base_url=base, timeout=60) as http:
-            declared = http.post("/api/search", content=b"x" * 200_000, headers={"content-type": "application/json"})
+            declared = http.post("/api/search", content=b"x" * 200_000,
+                                 headers={"content-type": "application/json"})
             assert "exceeds" in one_line_error(declared, 413)
             assert http.get("/health").status_code == 200
 
@@ -311,7 +323,8 @@ def test_any_host_when_asked(tiny_store):
     assert client.get("/health").status_code == 200
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None, "application/jsonx"])
+@pytest.mark.parametrize("ctype",
+                         ["text/plain", "application/x-www-form-urlencoded", None, "application/jsonx"])
 def test_json_only_from_json_bodies(served, ctype):
     client, _, _ = served
     headers = {"content-type": ctype} if ctype else {}
@@ -335,7 +348,8 @@ def check_generations(client, images, store, tmp_path, tiny_clip):
     before = client.get("/api/info").json()
     assert before["count"] == 48
     removed_paths = sorted(images.glob("*.png"))[:4]
-    by_path = {h["path"]: h["id"] for h in client.post("/api/search", json={"query": "x", "k": 50}).json()["results"]}
+    by_path = {h["path"]: h["id"]
+               for h in client.post("/api/search", json={"query": "x", "k": 50}).json()["results"]}
     removed = {by_path[str(p)] for p in removed_paths}
     seen, errors, stop = [], [], threading.Event()
 
@@ -419,7 +433,8 @@ print(json.dumps({"status": got, "thumbnails": str(client.app.state.service.thum
 
 def test_serve_on_a_read_only_store(tmp_path_factory, tiny_clip, shapes_dir):
     """A store its user cannot write (chmod a-w; as root the server runs as nobody, since root writes anyway):
-    search, items and thumbnails answer 200, thumbnails are cached in the user's cache, the store is untouched."""
+    search, items and thumbnails answer 200, thumbnails are cached in the user's cache, the store is
+    untouched."""
     import subprocess
     import sys
     import tempfile

@@ -97,8 +97,8 @@ def test_bad_files_go_to_the_error_table_and_the_job_finishes(tmp_path, photos, 
     assert "permission denied" in errors["secret.jpg"]
     assert all("\n" not in r for r in errors.values())
 
-    listed = subprocess.run([*PIXDEX, "info", str(store), "--errors"], capture_output=True, text=True, timeout=120,
-                            check=False)
+    listed = subprocess.run([*PIXDEX, "info", str(store), "--errors"], capture_output=True, text=True,
+                            timeout=120, check=False)
     assert listed.returncode == 0
     lines = listed.stdout.strip().splitlines()
     assert len(lines) == 4 and {Path(line.split("\t")[0]).name for line in lines} == set(errors)
@@ -138,7 +138,8 @@ def test_incremental_runs_encode_only_what_changed(tmp_path, photos, tiny_encode
     files = sorted(photos.glob("shape_*"))
     Image.new("RGB", (50, 50), (250, 250, 0)).save(photos / "new.png")  # new
     changed = files[0]
-    Image.new("RGB", (64, 64), (10, 10, 10)).save(changed, format="PNG" if changed.suffix == ".png" else "JPEG")
+    Image.new("RGB", (64, 64), (10, 10, 10)).save(changed,
+                                                  format="PNG" if changed.suffix == ".png" else "JPEG")
     renamed_from, renamed_to = files[1], photos / "renamed" / ("moved" + files[1].suffix)
     renamed_to.parent.mkdir()
     renamed_from.rename(renamed_to)
@@ -177,7 +178,8 @@ def test_copies_within_one_run_are_encoded_once(tmp_path, photos, tiny_encoder, 
     store = tmp_path / "s.pixdex"
     summary = run([photos], store, tiny_encoder, batch_size=batch_size, shard_rows=shard_rows)
     assert (summary.count, summary.failed) == (13, 0)  # every path is stored...
-    assert summary.encoded == 10 and summary.indexed + summary.reused == 13 and summary.reused == 3  # ...once encoded
+    # ...once encoded
+    assert summary.encoded == 10 and summary.indexed + summary.reused == 13 and summary.reused == 3
     rows = by_path(store)
     assert len({i for i, _ in rows.values()}) == 13
     for c in copies:

@@ -1,4 +1,5 @@
-"""The example notebooks run top to bottom offline, and their own asserts hold; committed copies carry no outputs."""
+"""The example notebooks run top to bottom offline, and their own asserts hold;
+committed copies carry no outputs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ NAMES = sorted(BUILD.NOTEBOOKS)
 
 @pytest.fixture(scope="module")
 def kernel_dir(tmp_path_factory) -> Path:
-    """A kernelspec that runs this interpreter (the venv's python), so a fresh clone needs no `jupyter kernelspec install`."""
+    """A kernelspec that runs this interpreter (the venv's python), so a fresh clone needs no
+    `jupyter kernelspec install`."""
     root = tmp_path_factory.mktemp("jupyter")
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
@@ -62,7 +64,8 @@ def test_notebook_runs_offline(name, kernel_dir, tmp_path, monkeypatch, request)
         request.getfixturevalue("shapes_clip")  # fails with a clear message when the weights are missing
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend renders figures as PNG outputs
+    # the kernel's inline backend renders figures as PNG outputs
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=KERNEL,

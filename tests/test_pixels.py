@@ -19,7 +19,8 @@ PROCESSORS = {
 
 def photo(shape, seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    return Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).filter(
+        ImageFilter.GaussianBlur(2))
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSORS))

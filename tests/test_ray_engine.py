@@ -134,14 +134,16 @@ def test_cli_ray_engine_and_sharded_search_keep_stdout_clean_json(collection, tm
     import sys
 
     store = tmp_path / "cli.pixdex"
-    cmd = [sys.executable, "-m", "pixdex", "index", str(collection), "--out", str(store), "--model", "shapes-clip",
-           "--engine", "ray", "--workers", "1", "--index", "sharded", "--json", "--no-progress"]
+    cmd = [sys.executable, "-m", "pixdex", "index", str(collection), "--out", str(store), "--model",
+           "shapes-clip", "--engine", "ray", "--workers", "1", "--index", "sharded", "--json",
+           "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout)  # Ray's and FAISS's chatter stays off stdout
     assert summary["indexed"] == summary["count"] and summary["failed"] == 2
     assert summary["index"]["type"] == "ivfpq-ondisk"
-    res = subprocess.run([sys.executable, "-m", "pixdex", "search", str(store), "a red circle", "-k", "5", "--json"],
+    res = subprocess.run([sys.executable, "-m", "pixdex", "search", str(store), "a red circle", "-k", "5",
+                          "--json"],
                          capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     hits = json.loads(res.stdout)

@@ -31,7 +31,8 @@ def clustered(n: int, dim: int = DIM, seed: int = 0, clusters: int = 20, spread:
 
 def synthetic_rows(n: int, start: int = 0) -> list[dict]:
     return [{"path": f"/photos/{'cats' if i % 2 else 'dogs'}/{i:05d}.{'png' if i % 3 == 0 else 'jpg'}",
-             "bytes": 1000 + i, "mtime": 0.0, "width": 64 + (i % 10) * 32, "height": 64, "sha256": f"{i:064x}"}
+             "bytes": 1000 + i, "mtime": 0.0, "width": 64 + (i % 10) * 32, "height": 64,
+             "sha256": f"{i:064x}"}
             for i in range(start, start + n)]
 
 
@@ -85,7 +86,8 @@ def test_flat_results_equal_brute_force_with_ties_by_id(flat_store):
     s = Searcher(flat_store)
     store = Store.open(flat_store)
     rng = np.random.default_rng(3)
-    queries = np.concatenate([clustered(6, seed=9), store.vectors([100, 42]) + 0.01 * rng.normal(size=(2, DIM))])
+    queries = np.concatenate([clustered(6, seed=9),
+                              store.vectors([100, 42]) + 0.01 * rng.normal(size=(2, DIM))])
     results = s.search_embedding(queries, k=25)
     for q, hits in zip(queries, results):
         ids, scores = brute_force(store, q, 25)
@@ -167,7 +169,8 @@ def test_filters_return_k_matching_items_exactly(flat_store, monkeypatch, force_
     s = Searcher(flat_store)
     q = clustered(1, seed=21)[0]
     cases = [
-        ("width >= 320 AND path GLOB '*.png'", None, None, lambda r: r["width"] >= 320 and r["path"].endswith(".png")),
+        ("width >= 320 AND path GLOB '*.png'", None, None,
+         lambda r: r["width"] >= 320 and r["path"].endswith(".png")),
         (None, "*/cats/*", None, lambda r: "/cats/" in r["path"]),
         ("id < 30", None, "/photos/dogs/", lambda r: r["id"] < 30 and "/dogs/" in r["path"]),
     ]
@@ -322,8 +325,8 @@ def test_text_and_image_queries_match_brute_force_with_the_stores_model(tiny_sto
     s = Searcher(tiny_store)
     enc = get_encoder(tiny_clip)
     image = min(shapes_dir.glob("*.png"))
-    np.testing.assert_allclose(s.encode([parse_query("a red circle")])[0], enc.encode_texts(["a red circle"])[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(s.encode([parse_query("a red circle")])[0],
+                               enc.encode_texts(["a red circle"])[0], atol=1e-6)
     np.testing.assert_allclose(s.encode([parse_query("red circle")], template="a photo of a {}")[0],
                                enc.encode_texts(["a photo of a red circle"])[0], atol=1e-6)
     queries = ["a red circle", str(image), f'"2:a blue star" - "{image}"']

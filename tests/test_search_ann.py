@@ -1,4 +1,5 @@
-"""Approximate indexes keep the recall the manifest promises; readers see consistent snapshots while a writer works."""
+"""Approximate indexes keep the recall the manifest promises; readers see consistent snapshots
+while a writer works."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def noisy_queries(store: Store, n: int, seed: int) -> np.ndarray:
     """Stored vectors plus a little noise: the query style the indexer tunes recall for."""
     rng = np.random.default_rng(seed)
     ids = store.ids()
-    q = store.vectors(rng.choice(ids, n, replace=False)) + rng.normal(0, 0.02, (n, store.dim)).astype(np.float32)
+    q = (store.vectors(rng.choice(ids, n, replace=False))
+         + rng.normal(0, 0.02, (n, store.dim)).astype(np.float32))
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 

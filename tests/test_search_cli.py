@@ -49,7 +49,8 @@ def test_json_gives_a_list_per_query(tiny_store, shapes_dir, capsys):
 
 
 def test_paths_only_prints_one_path_per_line(tiny_store, capsys):
-    code, out, _ = run(capsys, tiny_store, "a green triangle", "-k", "5", "--paths-only", "--path-glob", "*.png")
+    code, out, _ = run(capsys, tiny_store, "a green triangle", "-k", "5", "--paths-only", "--path-glob",
+                       "*.png")
     assert code == 0
     paths = out.splitlines()
     assert len(paths) == 5 and all(Path(p).is_file() and p.endswith(".png") for p in paths)
@@ -116,7 +117,8 @@ def test_shapes_clip_finds_the_colour_and_shape_asked_for(shapes_store):
     from search.query import parse_query
 
     s = Searcher(shapes_store)
-    labels = {row["file"]: row_objects(row) for row in read_labels(Path(shapes_store).parent / "images" / "labels.csv")}
+    labels = {row["file"]: row_objects(row)
+              for row in read_labels(Path(shapes_store).parent / "images" / "labels.csv")}
 
     def has(path, colour=None, shape=None):
         return any((colour is None or o["color"] == colour) and (shape is None or o["shape"] == shape)

@@ -25,7 +25,8 @@ def pool_jpg(tmp_path, monkeypatch):
 
 def test_rclip_style_mix_with_weights_images_and_negatives(pool_jpg):
     q = parse_query('"2:golden retriever" + ./pool.jpg - "grass"')
-    assert kinds(q) == [("text", "golden retriever", 2.0), ("image", "./pool.jpg", 1.0), ("text", "grass", -1.0)]
+    assert kinds(q) == [("text", "golden retriever", 2.0), ("image", "./pool.jpg", 1.0),
+                        ("text", "grass", -1.0)]
     assert q.label == '"2:golden retriever" + ./pool.jpg - "grass"'
 
 
@@ -164,5 +165,6 @@ def test_filter_language_never_evaluates_python(table):
 def test_globs_and_prefixes_over_paths(table):
     assert path_mask(table["path"], glob="*.png").tolist() == [True, False, True, False, False]
     assert path_mask(table["path"], prefix="/b/").tolist() == [False, False, True, True, False]
-    assert path_mask(table["path"], glob="/?/[xy].*", prefix="/a").tolist() == [True, True, False, False, False]
+    assert (path_mask(table["path"], glob="/?/[xy].*", prefix="/a").tolist()
+            == [True, True, False, False, False])
     assert glob_to_regex("a.b*[!c]") == r"^a\.b.*[^c]$"

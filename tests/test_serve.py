@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from pixdex.server.app import create_app  # noqa: E402
-from pixdex.server.limits import Limits  # noqa: E402
+from pixdex.server.app import create_app
+from pixdex.server.limits import Limits
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def test_search_by_id_upload_and_embedding(served):
     like = client.post("/api/search", json={"id": 3, "k": 4}).json()["results"]
     assert len(like) == 4 and all(h["id"] != 3 for h in like)
     first = sorted((root / "images").glob("*.png"))[0]
-    up = client.post("/api/search", files={"image": ("q.png", first.read_bytes(), "image/png")}, data={"k": "3"})
+    up = client.post("/api/search", files={"image": ("q.png", first.read_bytes(), "image/png")},
+                     data={"k": "3"})
     assert up.status_code == 200
     assert up.json()["results"][0]["path"] == str(first)  # the image finds itself first
     dim = client.get("/api/info").json()["dim"]
@@ -123,8 +124,8 @@ def test_upload_limits(served):
 def test_only_store_files_are_served(served, tmp_path):
     client, root = served
     # Traversal: URLs take ids, never paths.
-    for url in ["/api/items/..%2F..%2Fetc%2Fpasswd/image", "/api/items/../../etc/passwd", "/static/../../etc/passwd",
-                "/static/..%2F..%2Fetc%2Fpasswd"]:
+    for url in ["/api/items/..%2F..%2Fetc%2Fpasswd/image", "/api/items/../../etc/passwd",
+                "/static/../../etc/passwd", "/static/..%2F..%2Fetc%2Fpasswd"]:
         resp = client.get(url)
         assert resp.status_code in (404, 422), url
         assert b"root:" not in resp.content

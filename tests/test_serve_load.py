@@ -9,8 +9,8 @@ import time
 import pytest
 
 pytest.importorskip("fastapi")
-import httpx  # noqa: E402
-from serving import running  # noqa: E402
+import httpx
+from serving import running
 
 CLIENTS = 6
 SECONDS = 6.0
@@ -39,7 +39,8 @@ def test_concurrent_clients_get_no_errors(tiny_store):
                 elif kind == 1:
                     r = http.post("/api/search", json={"id": i % 40, "k": 5})
                 elif kind == 2:
-                    r = http.post("/api/classify", json={"ids": [i % 40, (i + 1) % 40], "labels": ["circle", "star"]})
+                    r = http.post("/api/classify",
+                                  json={"ids": [i % 40, (i + 1) % 40], "labels": ["circle", "star"]})
                 else:
                     r = http.get(f"/api/items/{i % 48}/thumbnail")
                 dt = time.perf_counter() - t0
@@ -59,5 +60,6 @@ def test_concurrent_clients_get_no_errors(tiny_store):
     assert not errors, errors[:5]
     assert len(latencies) >= CLIENTS  # every client got through at least once
     q = statistics.quantiles(latencies, n=100)
-    print(f"\nload: {CLIENTS} clients, {len(latencies)} requests in {wall:.1f} s ({len(latencies) / wall:.0f} req/s), "
+    print(f"\nload: {CLIENTS} clients, {len(latencies)} requests in {wall:.1f} s "
+          f"({len(latencies) / wall:.0f} req/s), "
           f"p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, errors 0")

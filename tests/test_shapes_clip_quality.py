@@ -150,15 +150,16 @@ def test_adapt_resolution_keeps_the_function(tmp_path):
 
 @pytest.mark.slow
 def test_train_continues_at_a_higher_resolution(tmp_path):
-    """`--init` of a saved model with a larger --image-size/--patch-size saves a working model of that size."""
+    """`--init` of a saved model with a larger --image-size/--patch-size saves a working model
+    of that size."""
     from models import save_random_clip
 
     init = save_random_clip(tmp_path / "init")  # 32 px, patch 8
     out = tmp_path / "model"
     proc = subprocess.run(
         [sys.executable, "-m", "pixdex.demo.train", "--out", str(out), "--init", str(init), "--steps", "2",
-         "--train-size", "32", "--batch-size", "8", "--workers", "1", "--image-size", "64", "--patch-size", "16",
-         "--render-size", "64", "--no-eval", "--no-bank"],
+         "--train-size", "32", "--batch-size", "8", "--workers", "1", "--image-size", "64", "--patch-size",
+         "16", "--render-size", "64", "--no-eval", "--no-bank"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((out / "training.json").read_text())

@@ -62,7 +62,8 @@ def test_labels_csv_columns_and_files(tmp_path):
         for o in objs:
             assert o["color"] in world.COLORS and o["shape"] in world.SHAPES
             assert o["size"] in world.SIZES and o["position"] in world.POSITIONS
-            assert f"{o['size']} {o['color']} {o['shape']} {world.POSITION_PHRASE[o['position']]}" in r["caption"]
+            assert (f"{o['size']} {o['color']} {o['shape']} {world.POSITION_PHRASE[o['position']]}"
+                    in r["caption"])
         assert r["background"] in world.BACKGROUNDS and r["background"] not in r["caption"]
         assert r["palette"] == ";".join(world.PALETTE[c] for c in r["color"].split(";"))
         assert not {"warm", "cool"} & set(r["caption"].split())

@@ -1,4 +1,5 @@
-"""Sources: folders (recursion, sniffing, hidden files, symlinks, loops), path lists, several sources, datasets."""
+"""Sources: folders (recursion, sniffing, hidden files, symlinks, loops), path lists, several sources,
+datasets."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def hostile_tree(root: Path) -> dict[str, str]:
     (root / "sub").mkdir()
     (root / "sub" / "up").symlink_to(root, target_is_directory=True)
     return {"dangling.png": "dangling symbolic link (to", "dangling-folder": "dangling symbolic link (to",
-            "self.png": "symbolic link loop", "ping.png": "symbolic link loop", "pong.png": "symbolic link loop",
+            "self.png": "symbolic link loop", "ping.png": "symbolic link loop",
+            "pong.png": "symbolic link loop",
             "pipe.png": "a FIFO (named pipe), not a regular file",
             "pipe-no-extension": "a FIFO (named pipe), not a regular file",
             "sub/up": "directory loop: links back to its own ancestor"}
@@ -143,7 +145,8 @@ def test_index_job_records_each_hostile_entry_in_the_error_table(tmp_path, tiny_
     (root / "self.png").unlink()  # fixed: its error row goes
     index_collection([str(root), str(listing)], store, model=tiny_encoder, progress=False, workers=0,
                      log=lambda m: None)
-    assert str(root / "self.png") in {e["path"] for e in Store.open(store).errors().to_pylist()}  # still listed
+    # still listed
+    assert str(root / "self.png") in {e["path"] for e in Store.open(store).errors().to_pylist()}
     index_collection([str(root)], store, model=tiny_encoder, progress=False, workers=0, log=lambda m: None)
     assert str(root / "self.png") not in {e["path"] for e in Store.open(store).errors().to_pylist()}
 
@@ -155,9 +158,11 @@ def test_a_device_is_not_a_source(tmp_path):
 
 def test_path_list_file(tmp_path, tree):
     listing = tmp_path / "list.txt"
-    listing.write_text(f"# my picks\nphotos/a.png\n\n{tree / 'sub' / 'deeper' / 'b.png'}\nphotos/missing.jpg\n")
+    listing.write_text(f"# my picks\nphotos/a.png\n\n{tree / 'sub' / 'deeper' / 'b.png'}\n"
+                       "photos/missing.jpg\n")
     items = list(iter_source(str(listing)))
-    assert [i.key for i in items] == [str(tree / "a.png"), str(tree / "sub/deeper/b.png"), str(tree / "missing.jpg")]
+    assert [i.key for i in items] == [str(tree / "a.png"), str(tree / "sub/deeper/b.png"),
+                                      str(tree / "missing.jpg")]
     assert items[-1].size == -1  # listed but absent: the job records why
 
 
@@ -208,7 +213,8 @@ def test_save_to_disk_dataset_rows_with_metadata(tmp_path, hf_cache):
     make_dataset().save_to_disk(tmp_path / "saved")
     items = list(iter_source(str(tmp_path / "saved")))
     assert [i.key for i in items] == [f"{tmp_path / 'saved'}#train/{r}" for r in range(3)]
-    assert items[0].extra == {"caption": "a red square", "label": "red", "dataset_id": 7, "source_file": "img0.png"}
+    assert items[0].extra == {"caption": "a red square", "label": "red", "dataset_id": 7,
+                              "source_file": "img0.png"}
     assert len({i.sha256 for i in items}) == 3 and items[0].data is None  # bytes are read later, in batches
 
 
@@ -220,14 +226,16 @@ def test_parquet_and_imagefolder_sources(tmp_path, hf_cache):
     folder = tmp_path / "imgs"
     for i, c in enumerate(COLORS):
         png(folder / f"p{i}.png", c)
-    (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"p{i}.png,caption {i}\n" for i in range(3)))
+    (folder / "metadata.csv").write_text("file_name,caption\n"
+                                         + "".join(f"p{i}.png,caption {i}\n" for i in range(3)))
     items = list(iter_source(f"imagefolder:{folder}"))
     assert sorted(i.extra["caption"] for i in items) == ["caption 0", "caption 1", "caption 2"]
     assert all(i.key.startswith(f"imagefolder:{folder}#train/") for i in items)
 
 
 def test_dataset_columns_become_store_metadata(tmp_path, hf_cache, tiny_encoder):
-    """save_to_disk, parquet and imagefolder sources in one run: rows embedded, other columns kept as metadata."""
+    """save_to_disk, parquet and imagefolder sources in one run: rows embedded, other columns kept
+    as metadata."""
     from indexer.job import index_collection
     from indexer.store import Store
 
@@ -236,7 +244,8 @@ def test_dataset_columns_become_store_metadata(tmp_path, hf_cache, tiny_encoder)
     folder = tmp_path / "imgs"
     for i, c in enumerate(COLORS):
         png(folder / f"p{i}.png", c)
-    (folder / "metadata.csv").write_text("file_name,caption\n" + "".join(f"p{i}.png,folder {i}\n" for i in range(3)))
+    (folder / "metadata.csv").write_text("file_name,caption\n"
+                                         + "".join(f"p{i}.png,folder {i}\n" for i in range(3)))
     sources = [str(tmp_path / "saved"), str(tmp_path / "d.parquet"), f"imagefolder:{folder}"]
     summary = index_collection(sources, tmp_path / "s.pixdex", model=tiny_encoder, progress=False, workers=0)
     assert (summary.indexed + summary.reused, summary.failed, summary.count) == (9, 0, 9)
@@ -266,7 +275,8 @@ def test_fsspec_url_sources_index_like_local_files(tmp_path, tiny_encoder):
         fs.pipe(f"/bucket/photos/{k}.png", data)
     fs.pipe("/bucket/photos/notes.txt", b"not an image")
     fs.pipe("/bucket/photos/broken.png", b"\x89PNG\r\n\x1a\n truncated")
-    assert [k.rsplit("/", 1)[1] for k in keys("memory://bucket/photos")] == ["0.png", "1.png", "2.png", "broken.png"]
+    assert ([k.rsplit("/", 1)[1] for k in keys("memory://bucket/photos")]
+            == ["0.png", "1.png", "2.png", "broken.png"])
     kw = {"model": tiny_encoder, "progress": False, "log": lambda m: None, "workers": 0}
     remote = index_collection(["memory://bucket/photos"], tmp_path / "remote", **kw)
     index_collection([str(local)], tmp_path / "plain", **kw)
@@ -286,8 +296,8 @@ def test_webdataset_tar_members_become_items_with_their_sidecars(tmp_path):
     img = png(tmp_path / "x.png").read_bytes()
     tar_path = tmp_path / "shard-000.tar"
     with tarfile.open(tar_path, "w") as tar:
-        for name, data in [("a/0001.jpg.png", img), ("a/0001.txt", b"a red square"), ("a/0001.json", b'{"id": 5, "w": 2}'),
-                           ("0002.png", img), ("0002.cls", b"7")]:
+        for name, data in [("a/0001.jpg.png", img), ("a/0001.txt", b"a red square"),
+                           ("a/0001.json", b'{"id": 5, "w": 2}'), ("0002.png", img), ("0002.cls", b"7")]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -304,7 +314,8 @@ def test_webdataset_tar_members_become_items_with_their_sidecars(tmp_path):
         list(iter_source(str(bad)))
 
 
-def test_a_store_on_object_storage_is_published_manifest_last_and_readable(tmp_path, tiny_encoder, monkeypatch):
+def test_a_store_on_object_storage_is_published_manifest_last_and_readable(tmp_path, tiny_encoder,
+                                                                           monkeypatch):
     import fsspec
 
     from indexer.job import index_collection

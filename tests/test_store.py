@@ -1,4 +1,5 @@
-"""The store format: manifest facts, memory-mappable float16 shards, parquet metadata, plain FAISS, atomic writes."""
+"""The store format: manifest facts, memory-mappable float16 shards, parquet metadata, plain FAISS,
+atomic writes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def rows(paths) -> list[dict]:
 def test_manifest_records_the_facts_readers_need(tiny_store, shapes_dir):
     m = json.loads((tiny_store / "manifest.json").read_text())
     n = len([p for p in shapes_dir.iterdir() if p.suffix in (".png", ".jpg")])
-    assert (m["format"], m["version"], m["dtype"], m["metric"]) == ("pixdex-store", 1, "float16", "inner_product")
+    assert (m["format"], m["version"], m["dtype"], m["metric"]) == ("pixdex-store", 1, "float16",
+                                                                    "inner_product")
     assert m["model"]["name"] and len(m["model"]["fingerprint"]) == 16 and m["model"]["dim"] == m["dim"]
     assert m["counts"] == {"rows": n, "items": n, "deleted": 0, "errors": 0}
     assert m["index"]["type"] == "flat" and m["index"]["file"].endswith(".faiss")
@@ -180,7 +182,7 @@ def test_readers_never_see_a_half_written_store(tmp_path):
                 s = Store.open(path)
                 seen.append(s.count)
                 assert len(s.ids()) == s.count
-            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            except Exception as exc:  # any failure is the finding
                 problems.append(repr(exc))
 
     reader = threading.Thread(target=read)

@@ -97,7 +97,8 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly_and_reruns_are_stable
     Image.new("RGB", (48, 48), (200, 30, 30)).save(os.fsencode(photos) + b"/" + BAD_NAME, format="PNG")
     (Path(os.fsencode(photos).decode("utf-8", "surrogateescape")) / "broken\udcff.jpg").write_bytes(b"nope")
     store = tmp_path / "s.pixdex"
-    args = ["index", photos, "--out", store, "--model", tiny_clip, "--workers", "0", "--no-progress", "--json"]
+    args = ["index", photos, "--out", store, "--model", tiny_clip, "--workers", "0", "--no-progress",
+            "--json"]
     rc, out, err = cli(capsys, *args)
     assert rc == 0, err
     summary = json.loads(out)
@@ -113,14 +114,17 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly_and_reruns_are_stable
 
     rc, out, err = cli(capsys, *args)  # again: nothing re-encoded, nothing duplicated
     again = json.loads(out)
-    assert rc == 0 and (again["unchanged"], again["encoded"], again["failed"], again["count"]) == (13, 0, 1, 13)
+    assert rc == 0 and (again["unchanged"], again["encoded"], again["failed"],
+                        again["count"]) == (13, 0, 1, 13)
     assert len(Store.open(store).errors()) == 1
 
-    rc, out, err = cli(capsys, "search", store, f"id:{bad_id}", "-k", "1", "--paths-only", "--model", tiny_clip)
+    rc, out, err = cli(capsys, "search", store, f"id:{bad_id}", "-k", "1", "--paths-only", "--model",
+                       tiny_clip)
     assert rc == 0 and out.strip() == shown[0], err
     rc, out, err = cli(capsys, "info", store, "--errors")
     assert rc == 0 and "broken\\xff.jpg" in out
-    res = subprocess.run([*PIXDEX, "search", str(store), f"id:{bad_id}", "-k", "1", "--json", "--model", tiny_clip],
+    res = subprocess.run([*PIXDEX, "search", str(store), f"id:{bad_id}", "-k", "1", "--json", "--model",
+                          tiny_clip],
                          capture_output=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)[0][0]["path"] == shown[0]
@@ -224,14 +228,18 @@ DAMAGE = {
     "embeddings-missing": (lambda s: shard_file(s, 2).unlink() or shard_file(s, 2)),
     "metadata-garbage": (lambda s: _garble(shard_file(s, 1, "metadata")) or shard_file(s, 1, "metadata")),
     "metadata-missing": (lambda s: shard_file(s, 0, "metadata").unlink() or shard_file(s, 0, "metadata")),
-    "tags-garbage": (lambda s: _garble(s / manifest(s)["tags"]["parity"]) or s / manifest(s)["tags"]["parity"]),
-    "faiss-missing": (lambda s: (s / manifest(s)["index"]["file"]).unlink() or s / manifest(s)["index"]["file"]),
-    "faiss-corrupt": (lambda s: _garble(s / manifest(s)["index"]["file"]) or s / manifest(s)["index"]["file"]),
+    "tags-garbage": (lambda s: _garble(s / manifest(s)["tags"]["parity"])
+                     or s / manifest(s)["tags"]["parity"]),
+    "faiss-missing": (lambda s: (s / manifest(s)["index"]["file"]).unlink()
+                      or s / manifest(s)["index"]["file"]),
+    "faiss-corrupt": (lambda s: _garble(s / manifest(s)["index"]["file"])
+                      or s / manifest(s)["index"]["file"]),
 }
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_damage_is_a_one_line_error_naming_the_file_and_repair_rebuilds(store, photos, tiny_clip, capsys, damage):
+def test_damage_is_a_one_line_error_naming_the_file_and_repair_rebuilds(store, photos, tiny_clip, capsys,
+                                                                        damage):
     baseline = rows_of(store)
     victim = DAMAGE[damage](store)
     name = victim.name
@@ -308,7 +316,8 @@ def test_a_store_written_before_checksums_still_opens_and_gets_them_on_its_next_
 
 
 # ---- disk full, read-only ----------------------------------------------------------------------------
-def test_disk_full_is_a_one_line_error_and_the_last_commit_stays(store, photos, tiny_clip, capsys, monkeypatch):
+def test_disk_full_is_a_one_line_error_and_the_last_commit_stays(store, photos, tiny_clip, capsys,
+                                                                 monkeypatch):
     import indexer.atomic
 
     before = manifest(store)
@@ -346,7 +355,8 @@ def test_a_read_only_store_is_read_and_refuses_writes_in_one_line(store, photos,
                              check=False, **kw)
         info = subprocess.run([*PIXDEX, "info", str(store), "--check"], capture_output=True, text=True,
                               timeout=300, check=False, **kw)
-        found = subprocess.run([*PIXDEX, "search", str(store), "id:2", "-k", "2", "--json", "--model", tiny_clip],
+        found = subprocess.run([*PIXDEX, "search", str(store), "id:2", "-k", "2", "--json", "--model",
+                                tiny_clip],
                                capture_output=True, text=True, timeout=300, check=False, **kw)
     finally:
         for p, mode in modes.items():

@@ -77,8 +77,10 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         assert page.inner_text("#details-meta").count("sha256") == 1
         first = ids[0]
         page.click("#more-like")
-        page.wait_for_function(f"document.querySelector('#status').textContent.includes('more like #{first}')")
-        similar = [int(x) for x in page.eval_on_selector_all("#results li", "els => els.map(e => e.dataset.id)")]
+        page.wait_for_function("document.querySelector('#status').textContent"
+                               f".includes('more like #{first}')")
+        similar = [int(x) for x in page.eval_on_selector_all("#results li",
+                                                             "els => els.map(e => e.dataset.id)")]
         assert first not in similar
         k = 8
         sim_paths = [page.request.get(f"{base}/api/items/{i}").json()["path"] for i in similar[:k]]
