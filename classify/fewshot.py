@@ -11,9 +11,10 @@ entropy capitalizer: little data can help a lot"), here centred on CLIP's text w
 (Silva-Rodriguez et al., CVPR 2024, "A closer look at the few-shot adaptation of large vision-language
 models"). An infinite strength is the zero-shot classifier, a tiny one a plain linear probe; between
 them lie WiSE-FT-like interpolations (Wortsman et al., CVPR 2022). The strength is chosen by stratified
-cross-validation on the examples among STRENGTHS (zero-shot itself included). With one example of some
-label no fold can hold it out, so the strength is the model's logit scale: one misclassified example
-can then move its label's weight by about the length of the text weight, no further.
+cross-validation on the examples among STRENGTHS (zero-shot itself included); the default (the model's
+logit scale: one misclassified example can then move its label's weight by about the length of the text
+weight, no further) is kept unless another strength is better by more than a standard error, and always
+with fewer than MIN_CV_EXAMPLES examples or a label with a single example (no fold can hold it out).
 With no example at all the classifier IS the zero-shot one: same weights, same scoring code.
 """
 
@@ -39,6 +40,8 @@ STRENGTHS = (math.inf, 10.0, 1.0, 0.1, 0.01)
 # cross-validation finds a strength whose held-out loss is lower by more than one standard error.
 DEFAULT_STRENGTH = 1.0
 MAX_FOLDS = 3
+# Fewer held-out examples than this give too rough a standard error to overrule the default strength.
+MIN_CV_EXAMPLES = 10
 MAX_ITER = 100  # L-BFGS iterations of the final fit
 CV_MAX_ITER = 30  # of each warm-started cross-validation fit (only its held-out loss is used)
 
@@ -265,6 +268,8 @@ def cross_validate(xa, prior_t, examples: Examples, scale: float, multi: bool, s
 def choose(losses: torch.Tensor, default: int) -> int:
     """The strength with the lowest mean held-out loss when it beats the default's by more than one
     standard error of the paired per-example difference (few examples cannot tell); else the default."""
+    if losses.shape[1] < MIN_CV_EXAMPLES:
+        return default
     mean = losses.mean(dim=1)
     best = int(torch.argmin(mean))
     diff = (losses[best] - losses[default]).double()
