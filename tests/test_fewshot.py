@@ -244,3 +244,25 @@ def test_api_classify_teaches_by_stored_examples_and_suggests(shapes_store, trut
     assert bad.status_code == 400 and "'cool' has no examples" in bad.json()["error"]
     bad = client.post("/api/classify", json={**body, "examples": [{"label": "warm", "path": "/etc/passwd"}]})
     assert bad.status_code in (400, 422) and "stored ids only" in bad.json()["error"]
+
+
+def test_multi_label_tagger_saved_and_refreshed_like_a_full_run(shapes_clip, tmp_path, capsys):
+    from classify.taggers import refresh_tag_sets
+
+    store = make_store(tmp_path, shapes_clip, 30, seed=8)
+    tr = truth_by_id(Store.open(store), tmp_path / "a" / "labels.csv")
+    pairs = [(s, i) for i, r in sorted(tr.items()) for s in r["shape"].split(";") if s in ("circle", "star")]
+    summary = tag_store(store, ["circle", "star"], mode="multi", examples=pairs, save_as="has", progress=False)
+    assert summary.classifier is not None and Store.open(store).tagger("has")["mode"] == "multi"
+    world.write_collection(tmp_path / "b", count=10, seed=9)
+    from indexer.job import index_collection
+
+    index_collection([str(tmp_path / "a"), str(tmp_path / "b")], store, model=shapes_clip, progress=False, workers=0)
+    done = refresh_tag_sets(store)
+    assert [(d.name, d.tagged) for d in done] == [("has", 10)]
+    stored = {r["id"]: (r["has"], r["has_score"]) for r in Store.open(store).tag_table("has").to_pylist()}
+    full = {r["id"]: (r["labels"], r["scores"])
+            for r in collect(store, ["circle", "star"], mode="multi", examples=pairs)}
+    assert set(stored) == set(full)
+    for i, (labels, scores) in full.items():  # a full run now tags every item as the saved tagger did
+        assert stored[i][0] == labels and np.allclose(stored[i][1], scores, atol=1e-5)
