@@ -266,3 +266,31 @@ def test_multi_label_tagger_saved_and_refreshed_like_a_full_run(shapes_clip, tmp
     assert set(stored) == set(full)
     for i, (labels, scores) in full.items():  # a full run now tags every item as the saved tagger did
         assert stored[i][0] == labels and np.allclose(stored[i][1], scores, atol=1e-5)
+
+
+def test_siglip_store_zero_examples_exact_and_taught_fits_its_examples(tmp_path, shapes_dir):
+    """SigLIP scores with a sigmoid and its own logit bias: the taught classifier keeps both."""
+    from models import save_random_siglip
+    from test_classify_pipeline import with_logit_params
+
+    from indexer.job import index_collection
+
+    model = with_logit_params(str(save_random_siglip(tmp_path / "siglip")), 2.3, -1.5)
+    images = tmp_path / "few"
+    images.mkdir()
+    for p in sorted(shapes_dir.glob("*.png"))[:12]:
+        shutil.copy(p, images)
+    store = tmp_path / "s.pixdex"
+    index_collection([str(images)], store, model=model, progress=False, workers=0)
+    ids = Store.open(store).ids().tolist()
+    labels = ["circle", "square"]
+    for mode in ("single", "multi"):
+        assert collect(store, labels, mode=mode, top_k=2, examples=[]) == collect(store, labels, mode=mode, top_k=2)
+    pairs = [(labels[k % 2], i) for k, i in enumerate(ids)]  # arbitrary labels: can it fit them?
+    rows = {r["id"]: r for r in collect(store, labels, top_k=2, examples=pairs, save_as="fit")}
+    assert np.mean([rows[i]["label"] == lab for lab, i in pairs]) >= 0.75
+    assert all(0 < s < 1 for r in rows.values() for s in r["scores"])  # sigmoid scores, not a softmax pair
+    rec = Store.open(store).tagger("fit")
+    assert rec["scoring"]["family"] == "siglip" and rec["scoring"]["logit_bias"] == pytest.approx(-1.5)
+    multi = {r["id"]: r for r in collect(store, labels, mode="multi", examples=pairs)}
+    assert np.mean([lab in multi[i]["labels"] for lab, i in pairs]) >= 0.75
