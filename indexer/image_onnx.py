@@ -9,14 +9,13 @@ model, projection and L2 normalisation. No torch import. Processors indexer.pixe
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from indexer.inputs import ImageInput, load_image_input
-from indexer.onnx_cache import check_export, export_dir, fast_path_enabled, onnxruntime_missing, session
+from indexer.onnx_cache import load_export, session
 from indexer.pixels import PixelPlan, resize_crop
 
 
@@ -55,26 +54,6 @@ class OnnxImageEncoder:
         return np.concatenate(rows) if rows else np.zeros((0, self.dim), np.float32)
 
 
-_LOADED: dict[str, OnnxImageEncoder] = {}
-_LOAD_LOCK = threading.Lock()
-
-
 def load_image_encoder(fingerprint: str) -> tuple[OnnxImageEncoder | None, str]:
     """The fast image encoder for a model fingerprint (cached per process), or (None, why not)."""
-    if not fast_path_enabled():
-        return None, "fast path turned off (PIXDEX_FAST=0)"
-    with _LOAD_LOCK:
-        if fingerprint in _LOADED:
-            return _LOADED[fingerprint], ""
-        missing = onnxruntime_missing()
-        if missing:
-            return None, missing
-        found = check_export(fingerprint, "image")
-        if found.sidecar is None:
-            return None, found.reason
-        try:
-            enc = OnnxImageEncoder(export_dir(fingerprint, "image"), found.sidecar)
-        except Exception as exc:  # any unloadable export means: use transformers
-            return None, f"cannot load the fast image export ({exc.__class__.__name__}: {str(exc)[:120]})"
-        _LOADED[fingerprint] = enc
-        return enc, ""
+    return load_export(fingerprint, "image", OnnxImageEncoder)

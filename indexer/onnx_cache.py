@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FORMAT = 1
 SIDECAR = "export.json"
@@ -148,3 +150,36 @@ def onnxruntime_missing() -> str:
     except ImportError:
         return "onnxruntime is not installed (pip install 'pixdex[fast]')"
     return ""
+
+
+_LOADED: dict[tuple[str, str], Any] = {}  # (tower, fingerprint) -> loaded fast encoder
+_LOAD_LOCK = threading.Lock()
+
+
+def load_export(fingerprint: str, tower: str, make: Callable[[Path, dict], Any]) -> tuple[Any | None, str]:
+    """The fast encoder of one tower ("text" or "image") for a model fingerprint, built by make(folder,
+    sidecar) from a checked export and kept per process; or (None, why not: then use transformers)."""
+    if not fast_path_enabled():
+        return None, "fast path turned off (PIXDEX_FAST=0)"
+    with _LOAD_LOCK:
+        if (tower, fingerprint) in _LOADED:
+            return _LOADED[(tower, fingerprint)], ""
+        missing = onnxruntime_missing()
+        if missing:
+            return None, missing
+        found = check_export(fingerprint, tower)
+        if found.sidecar is None:
+            return None, found.reason
+        try:
+            enc = make(export_dir(fingerprint, tower), found.sidecar)
+        except Exception as exc:  # any unloadable export means: use transformers
+            return None, f"cannot load the fast {tower} export ({exc.__class__.__name__}: {str(exc)[:120]})"
+        _LOADED[(tower, fingerprint)] = enc
+        return enc, ""
+
+
+def forget_loaded(fingerprint: str) -> None:
+    """Drop this process's loaded fast encoders of a model (the export on disk changed)."""
+    with _LOAD_LOCK:
+        for tower in ("text", "image"):
+            _LOADED.pop((tower, fingerprint), None)

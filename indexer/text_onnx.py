@@ -6,13 +6,12 @@ normalisation as Encoder.encode_texts runs them, and the model's own tokenizer r
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from indexer.onnx_cache import check_export, export_dir, fast_path_enabled, onnxruntime_missing, session
+from indexer.onnx_cache import load_export, session
 from indexer.text_tokens import QueryTokenizer, TokenSpec
 
 
@@ -42,26 +41,6 @@ class OnnxTextEncoder:
         return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
 
 
-_LOADED: dict[str, OnnxTextEncoder] = {}
-_LOAD_LOCK = threading.Lock()
-
-
 def load_text_encoder(fingerprint: str) -> tuple[OnnxTextEncoder | None, str]:
     """The fast text encoder for a model fingerprint (cached per process), or (None, why not)."""
-    if not fast_path_enabled():
-        return None, "fast path turned off (PIXDEX_FAST=0)"
-    with _LOAD_LOCK:
-        if fingerprint in _LOADED:
-            return _LOADED[fingerprint], ""
-        missing = onnxruntime_missing()
-        if missing:
-            return None, missing
-        found = check_export(fingerprint, "text")
-        if found.sidecar is None:
-            return None, found.reason
-        try:
-            enc = OnnxTextEncoder(export_dir(fingerprint, "text"), found.sidecar)
-        except Exception as exc:  # any unloadable export means: use transformers
-            return None, f"cannot load the fast text export ({exc.__class__.__name__}: {str(exc)[:120]})"
-        _LOADED[fingerprint] = enc
-        return enc, ""
+    return load_export(fingerprint, "text", OnnxTextEncoder)

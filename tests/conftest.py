@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,3 +84,19 @@ def shapes_clip_promise(metric: str, target: float, slack: float = 0.1) -> float
 
     measured = json.loads((Path(shapes_clip_path()) / "training.json").read_text())["quality"][metric]
     return min(target, measured - slack)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_clip):
+    """The tiny random CLIP, loaded once (CPU)."""
+    from indexer.encoder import get_encoder
+
+    return get_encoder(tiny_clip, device="cpu")
+
+
+def copy_shapes(shapes_dir: Path, out: Path, n: int) -> Path:
+    """A writable folder with copies of the first n shapes-world images."""
+    out.mkdir(parents=True)
+    for p in sorted(shapes_dir.glob("shape_*"))[:n]:
+        shutil.copy2(p, out / p.name)
+    return out

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_shapes
 from models import save_random_clip
 
 PIXDEX = [sys.executable, "-m", "pixdex"]
@@ -22,11 +22,7 @@ def pixdex(*args, timeout=300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory, shapes_dir) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "photos"
-    out.mkdir()
-    for p in sorted(shapes_dir.glob("shape_*"))[:12]:
-        shutil.copy2(p, out / p.name)
-    return out
+    return copy_shapes(shapes_dir, tmp_path_factory.mktemp("cli") / "photos", 12)
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,10 @@ pytest.importorskip("onnxruntime")
 from models import save_random_clip, save_random_siglip, save_random_siglip2
 
 from indexer.encoder import Encoder
-from indexer.image_onnx import _LOADED as _LOADED_IMAGES
 from indexer.image_onnx import load_image_encoder
-from indexer.onnx_cache import check_export, export_dir
+from indexer.onnx_cache import check_export, export_dir, forget_loaded
 from indexer.onnx_export import ensure_export, probe_images
-from indexer.text_onnx import _LOADED, load_text_encoder
+from indexer.text_onnx import load_text_encoder
 from search.searcher import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +46,7 @@ def family_models(tmp_path_factory, tiny_clip, shapes_clip) -> dict[str, str]:
 
 def fresh(fingerprint: str):
     """Load the export as a new process would (not the per-process cached encoder)."""
-    _LOADED.pop(fingerprint, None)
+    forget_loaded(fingerprint)
     return load_text_encoder(fingerprint)
 
 
@@ -81,7 +80,7 @@ def test_image_path_matches_transformers_or_is_refused(family_models, family):
     transformers."""
     enc = Encoder(family_models[family], device="cpu")
     ok, why = ensure_export(enc, "image")
-    _LOADED_IMAGES.pop(enc.fingerprint, None)
+    forget_loaded(enc.fingerprint)
     fast, _ = load_image_encoder(enc.fingerprint)
     if family == "siglip2":
         assert not ok and "cannot use the fast path for images" in why and fast is None
@@ -224,7 +223,7 @@ def test_a_query_process_writes_the_missing_export(shapes_store, tmp_path, monke
     monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "empty-cache"))
     s = Searcher(shapes_store)
     fingerprint = s.store.model["fingerprint"]
-    _LOADED.pop(fingerprint, None)
+    forget_loaded(fingerprint)
     with caplog.at_level(logging.WARNING, logger="pixdex.search"):
         slow = s.search("a red circle", k=5)
     assert any("writing the text export" in r.getMessage() for r in caplog.records)
@@ -232,7 +231,7 @@ def test_a_query_process_writes_the_missing_export(shapes_store, tmp_path, monke
     assert fast is not None, why
     again = Searcher(shapes_store).search("a red circle", k=5)
     assert [h.id for h in again] == [h.id for h in slow]
-    _LOADED.pop(fingerprint, None)
+    forget_loaded(fingerprint)
 
 
 @pytest.mark.slow

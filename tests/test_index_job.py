@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_shapes
 from PIL import Image
 
 from indexer.job import index_collection
@@ -22,21 +23,10 @@ from indexer.store import Store
 PIXDEX = [sys.executable, "-m", "pixdex"]
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tiny_clip):
-    from indexer.encoder import get_encoder
-
-    return get_encoder(tiny_clip, device="cpu")
-
-
 @pytest.fixture
 def photos(tmp_path, shapes_dir) -> Path:
     """A writable copy of 10 shapes-world images."""
-    out = tmp_path / "photos"
-    out.mkdir()
-    for p in sorted(shapes_dir.glob("shape_*"))[:10]:
-        shutil.copy2(p, out / p.name)
-    return out
+    return copy_shapes(shapes_dir, tmp_path / "photos", 10)
 
 
 def run(sources, store, encoder, **kw):

@@ -17,13 +17,6 @@ from indexer.errors import PixdexError
 from indexer.sources import iter_source, iter_sources
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tiny_clip):
-    from indexer.encoder import get_encoder
-
-    return get_encoder(tiny_clip, device="cpu")
-
-
 def png(path: Path, color=(200, 20, 20), size=(24, 24)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, "PNG")

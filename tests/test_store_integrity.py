@@ -8,13 +8,13 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_shapes
 from PIL import Image
 from test_index_job import unprivileged
 
@@ -27,21 +27,10 @@ PIXDEX = [sys.executable, "-m", "pixdex"]
 BAD_NAME = b"bad\xff\xfename.png"
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tiny_clip):
-    from indexer.encoder import get_encoder
-
-    return get_encoder(tiny_clip, device="cpu")
-
-
 @pytest.fixture
 def photos(tmp_path, shapes_dir) -> Path:
     """A writable copy of 12 shapes-world images."""
-    out = tmp_path / "photos"
-    out.mkdir()
-    for p in sorted(shapes_dir.glob("shape_*"))[:12]:
-        shutil.copy2(p, out / p.name)
-    return out
+    return copy_shapes(shapes_dir, tmp_path / "photos", 12)
 
 
 def run(sources, store, encoder, **kw):
