@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
-playwright = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-from serving import running  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+from serving import ARTIFACTS, browser_page  # noqa: E402
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_teach_by_example_loop_in_browser(shapes_store):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does this)")
     from pixdex.demo.world import read_labels
     from pixdex.server.app import create_app
 
     images = shapes_store.parent / "images"
     palette = {str((images / r["file"]).resolve()): r["palette"] for r in read_labels(images / "labels.csv")}
-    ARTIFACTS.mkdir(exist_ok=True)
-    with running(create_app(shapes_store)) as base, playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(base + "/")
-        page.wait_for_selector("#store-info:has-text('images')")
+    with browser_page(create_app(shapes_store), 1280, 1000) as (base, page):
         page.select_option("#k", "48")
         page.fill("#q", "a circle")
         page.keyboard.press("Enter")
@@ -62,4 +50,3 @@ def test_teach_by_example_loop_in_browser(shapes_store):
         page.click("#teach-show")
         page.wait_for_selector("#status:has-text('images to label next')")
         assert page.locator("#results li").count() == 6
-        browser.close()

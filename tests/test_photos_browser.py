@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("fastapi")
-playwright = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-from serving import running  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+from serving import ARTIFACTS, browser_page
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 def test_date_filter_sort_and_duplicates_in_browser(tmp_path, shapes_clip):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does this)")
     from indexer.job import index_collection
     from pixdex.demo.photos import ALBUM, write_album
     from pixdex.server.app import create_app
@@ -29,15 +21,7 @@ def test_date_filter_sort_and_duplicates_in_browser(tmp_path, shapes_clip):
     index_collection(
         [str(tmp_path / "photos")], tmp_path / "store", model=shapes_clip, progress=False, workers=0
     )
-    ARTIFACTS.mkdir(exist_ok=True)
-    with running(create_app(tmp_path / "store")) as base, playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(base + "/")
-        page.wait_for_selector("#store-info:has-text('images')")
+    with browser_page(create_app(tmp_path / "store")) as (base, page):
 
         page.fill("#where", "taken >= '2024-01-01'")
         page.select_option("#sort", "-taken")
@@ -81,4 +65,3 @@ def test_date_filter_sort_and_duplicates_in_browser(tmp_path, shapes_clip):
         )
         assert xs == sorted(xs) and len(set(ys)) == 1
         page.screenshot(path=str(ARTIFACTS / "web-duplicates.png"), full_page=True)
-        browser.close()

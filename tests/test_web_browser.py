@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
-playwright = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-from conftest import shapes_clip_promise  # noqa: E402
-from serving import running  # noqa: E402
+from conftest import shapes_clip_promise
+from serving import ARTIFACTS, browser_page
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
 
 
@@ -39,18 +36,10 @@ def shared_attributes(a: list[tuple], b: list[tuple]) -> int:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_search_click_similar_and_tag_in_browser(shapes_store):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does this)")
     from pixdex.server.app import create_app
 
     truth = truth_by_path(shapes_store)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with running(create_app(shapes_store)) as base, playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(base + "/")
-        page.wait_for_selector("#store-info:has-text('images')")
+    with browser_page(create_app(shapes_store)) as (base, page):
 
         # Keyboard only: the query box has focus; type and press Enter.
         page.keyboard.type("a red circle")
@@ -105,4 +94,3 @@ def test_search_click_similar_and_tag_in_browser(shapes_store):
         bar = max(0.25, shapes_clip_promise("shape_top1", 0.8, slack=0.2))
         assert sum(right) / len(right) >= bar, list(zip(tags, shown))
         page.screenshot(path=str(ARTIFACTS / "web-tagged.png"), full_page=True)
-        browser.close()
