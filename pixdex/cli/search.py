@@ -20,6 +20,7 @@ filter syntax (--where): width >= 256 AND path GLOB '*.png' OR shape IN ('circle
   = != < <= > >= AND OR NOT ( ) IN (...) LIKE 'a%' ILIKE GLOB '*x*' IS [NOT] NULL  NEAR(lat, lon, km)
 photos: taken >= '2024-06-01' AND camera_model LIKE 'Pixel%'   (columns taken, taken_offset, camera_make,
   camera_model, lens, gps_lat, gps_lon, orientation; --near 48.8584,2.2945,5; --sort -taken: newest first)
+the whole query and filter grammar: docs/search.md
 """
 
 
