@@ -29,14 +29,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classify.fewshot import MAX_FOLDS, stratified_folds, teach  # noqa: E402
-from classify.prompts import LabelSet  # noqa: E402
-from classify.scoring import Scoring  # noqa: E402
-from classify.tagging import iter_tag_blocks  # noqa: E402
-from indexer.encoder import Encoder  # noqa: E402
-from indexer.store import Store, is_store  # noqa: E402
-from pixdex.demo import world  # noqa: E402
-from pixdex.demo.assets import shapes_clip_path  # noqa: E402
+from classify.fewshot import MAX_FOLDS, stratified_folds, teach
+from classify.prompts import LabelSet
+from classify.scoring import Scoring
+from classify.tagging import iter_tag_blocks
+from indexer.encoder import Encoder
+from indexer.store import Store, is_store
+from pixdex.demo import world
+from pixdex.demo.assets import shapes_clip_path
 
 SHOTS = (0, 1, 2, 4, 8, 16)
 POSITION = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
@@ -44,11 +44,12 @@ POSITION = {"left": "on the left", "right": "on the right", "top": "at the top",
 # name: (labels, template, label of a labels.csv row or None, rows used: "single" objects or "all")
 TASKS = {
     "shape": (list(world.SHAPES), "a photo of a {}.", lambda r: r["shape"], "single"),
-    "combo": ([f"{c} {s}" for c, s in world.ALL_COMBOS], "a photo of a {}.", lambda r: f"{r['color']} {r['shape']}",
-              "single"),
+    "combo": ([f"{c} {s}" for c, s in world.ALL_COMBOS], "a photo of a {}.",
+              lambda r: f"{r['color']} {r['shape']}", "single"),
     "size": (list(world.SIZES), "a photo of a {} shape.", lambda r: r["size"], "single"),
     "position": (list(POSITION.values()), "a shape {}.", lambda r: POSITION[r["position"]], "single"),
-    "palette": (["warm", "cool"], "a photo of a {} coloured shape.", lambda r: world.PALETTE[r["color"]], "single"),
+    "palette": (["warm", "cool"], "a photo of a {} coloured shape.", lambda r: world.PALETTE[r["color"]],
+                "single"),
     "background": (list(world.BACKGROUNDS), "a shape on a {} background.", lambda r: r["background"], "all"),
 }
 PROBE_C = (0.1, 1.0, 10.0, 100.0)
@@ -105,7 +106,8 @@ def run_task(name: str, st: Store, rows: dict[int, dict], enc: Encoder, draws: i
         acc_p, acc_x = [], []
         for d in range(draws):
             rng = np.random.default_rng(1000 * shots + d)
-            train = np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in range(len(labels))])
+            train = np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False)
+                                    for c in range(len(labels))])
             test = np.setdiff1d(np.arange(len(y)), train)
             test = test[scored[test]]
             taught = teach(ls, x[train], y[train])
@@ -136,7 +138,8 @@ def time_training(st: Store, rows: dict, enc: Encoder, task: str, n: int = 1000,
 
 
 def time_bulk(path: Path, rows: int, dim: int, n_labels: int) -> tuple[float, float]:
-    """Seconds to tag `rows` synthetic stored embeddings zero-shot and taught (best of 2 each, alternating)."""
+    """Seconds to tag `rows` synthetic stored embeddings zero-shot and taught
+    (best of 2 each, alternating)."""
     from bulk_tagging import build_store
 
     st = build_store(path, rows, dim)
@@ -167,7 +170,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--bulk-rows", type=int, default=1_000_000, help="stored embeddings for the tagging cost (0: skip)")
+    ap.add_argument("--bulk-rows", type=int, default=1_000_000,
+                    help="stored embeddings for the tagging cost (0: skip)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     work = Path(args.work)
@@ -189,9 +193,11 @@ def main() -> None:
     gain = np.mean([res["pixdex"][16] - res["zero-shot"][16] for res in results.values()])
     print(f"\nworst shortfall of pixdex against the better of zero-shot and probe: {100 * worst:.1f} points "
           f"(target <= 1)")
-    print(f"16 shots, pixdex minus zero-shot, mean over {len(results)} tasks: {100 * gain:+.1f} points (target >= 10)")
+    print(f"16 shots, pixdex minus zero-shot, mean over {len(results)} tasks: {100 * gain:+.1f} points "
+          f"(target >= 10)")
     for task in ("shape", "combo"):
-        print(f"training on 1,000 examples ({task}, {len(TASKS[task][0])} labels, cross-validation included): "
+        print(f"training on 1,000 examples ({task}, {len(TASKS[task][0])} labels, "
+              f"cross-validation included): "
               f"{time_training(st, rows, enc, task):.2f} s (target <= 1)", flush=True)
     if args.bulk_rows:
         zs, tt = time_bulk(work / f"bulk-{args.bulk_rows}.pixdex", args.bulk_rows, 512, 100)

@@ -97,16 +97,18 @@ class Problem:
             data = F.cross_entropy(logits, self.targets, reduction="sum")
         return (data + 0.5 * (strength[:, None] * delta * delta).sum()) / len(logits)
 
-    def solve(self, strength: float, start: torch.Tensor | None = None, max_iter: int = MAX_ITER) -> torch.Tensor:
+    def solve(self, strength: float, start: torch.Tensor | None = None,
+              max_iter: int = MAX_ITER) -> torch.Tensor:
         """[labels, r] change from the prior minimising the penalised loss (L-BFGS, warm-started);
         label j's penalty is strength * label_weights[j]."""
-        delta = torch.zeros(self.prior_logits.shape[1], self.feats.shape[1]) if start is None else start.clone()
+        delta = (torch.zeros(self.prior_logits.shape[1], self.feats.shape[1]) if start is None
+                 else start.clone())
         if math.isinf(strength):
             return torch.zeros_like(delta)
         per_label = strength * self.label_weights
         delta.requires_grad_(True)
-        opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-5, tolerance_change=1e-7,
-                                history_size=10, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-5,
+                                tolerance_change=1e-7, history_size=10, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
@@ -118,7 +120,8 @@ class Problem:
         return delta.detach()
 
     def path(self, strengths: Sequence[float], max_iter: int = MAX_ITER) -> list[torch.Tensor]:
-        """The change from the prior ([labels, dim + 1]) for each strength, each fit warm-starting the next."""
+        """The change from the prior ([labels, dim + 1]) for each strength,
+        each fit warm-starting the next."""
         out, delta = [], None
         for s in strengths:
             delta = self.solve(s, delta, max_iter)
@@ -126,7 +129,8 @@ class Problem:
         return out
 
 
-def prior_trust(prior_logits: torch.Tensor, targets: torch.Tensor, multi: bool, shift: float = 0.0) -> torch.Tensor:
+def prior_trust(prior_logits: torch.Tensor, targets: torch.Tensor, multi: bool,
+                shift: float = 0.0) -> torch.Tensor:
     """[labels] how far each label's text weight may be trusted: the odds of the zero-shot probability
     of the right answer on the label's own examples (CLAP's class-adaptive penalty, as odds), so a
     label the prompts already get right stays near them and one they get wrong learns from its
@@ -212,8 +216,8 @@ def held_out_loss(logits: torch.Tensor, targets: torch.Tensor, multi: bool, shif
     return F.cross_entropy(logits, targets, reduction="none")
 
 
-def fit(prior: np.ndarray, examples: Examples, scale: float, cuts: np.ndarray | None = None, shift: float = 0.0,
-        strengths: Sequence[float] = STRENGTHS, seed: int = 0) -> Fit:
+def fit(prior: np.ndarray, examples: Examples, scale: float, cuts: np.ndarray | None = None,
+        shift: float = 0.0, strengths: Sequence[float] = STRENGTHS, seed: int = 0) -> Fit:
     """Fit the prior-centred classifier. prior: [labels, dim] unit-scale text weights (multi mode: the
     zero-shot multi-label weights); cuts: multi mode, each label's logit cut (logit(threshold) - shift);
     shift: the model's own logit bias (SigLIP)."""
@@ -367,7 +371,8 @@ class Taught:
     def info(self) -> dict:
         """What was taught, for summaries and the stored record."""
         f = self.fit
-        return {"method": METHOD if f is not None else "zero-shot", "mode": self.mode, "examples": dict(self.counts),
+        return {"method": METHOD if f is not None else "zero-shot", "mode": self.mode,
+                "examples": dict(self.counts),
                 "strength": None if f is None or math.isinf(f.strength) else f.strength,
                 "cv_accuracy": None if f is None else f.cv_accuracy, "cv_folds": 0 if f is None else f.folds}
 
@@ -380,7 +385,8 @@ def teach(label_set, vectors: np.ndarray, targets: np.ndarray, mode: str = "sing
     labels = list(label_set.labels)
     if not len(vectors):
         return Taught(label_set, mode, None, thresholds)
-    examples = Examples(np.asarray(vectors, np.float32), np.asarray(targets, bool if multi else np.int64), multi)
+    examples = Examples(np.asarray(vectors, np.float32), np.asarray(targets, bool if multi else np.int64),
+                        multi)
     check_examples(labels, examples)
     if examples.multi:
         counts = dict(zip(labels, examples.targets.sum(axis=0).astype(int).tolist()))

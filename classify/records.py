@@ -24,7 +24,8 @@ def encode_array(a: np.ndarray | None) -> dict | None:
     if a is None:
         return None
     a = np.ascontiguousarray(a, dtype=np.float32)
-    return {"dtype": "float32", "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+    return {"dtype": "float32", "shape": list(a.shape),
+            "base64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
 def decode_array(d: dict | None) -> np.ndarray | None:
@@ -110,5 +111,6 @@ class SavedTagger:
         how = r["method"] if r["method"] == "zero-shot" else (
             f"{r['method']}, {sum(r['examples'].values())} examples"
             + (f", cv accuracy {r['cv_accuracy']:.3f}" if r.get("cv_accuracy") is not None else "")
-            + (f", strength {r['strength']:g}" if r.get("strength") is not None and math.isfinite(r["strength"]) else ""))
+            + (f", strength {r['strength']:g}"
+               if r.get("strength") is not None and math.isfinite(r["strength"]) else ""))
         return f"{self.name}: {self.mode}-label over {len(self.labels)} labels ({how})"

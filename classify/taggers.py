@@ -38,7 +38,8 @@ def tag_vectors(tagger: SavedTagger, ids: np.ndarray, emb: np.ndarray) -> TagBlo
     if tagger.mode == "single":
         k = min(tagger.top_k or 1, len(tagger.labels))
         idx, sc = top_k_block(emb, w, tagger.scoring, k, off)
-        return TagBlock(ids, np.arange(0, len(ids) * k + 1, k, dtype=np.int64), idx.reshape(-1), sc.reshape(-1))
+        return TagBlock(ids, np.arange(0, len(ids) * k + 1, k, dtype=np.int64), idx.reshape(-1),
+                        sc.reshape(-1))
     cuts = (logit(tagger.thresholds) - bias).astype(np.float32)
     offsets, idx, sc = above_threshold_block(emb, w, cuts, bias, tagger.top_k, off)
     return TagBlock(ids, offsets, idx, sc)
@@ -92,7 +93,8 @@ def parse_tagger_spec(spec: str) -> tuple[str, str]:
     """'STORE:NAME' -> (store, name); the name follows the last colon."""
     store, sep, name = str(spec).rpartition(":")
     if not sep or not store or not name:
-        raise PixdexError(f"--tagger {spec!r}: use STORE:NAME (a store and the name of a tag set saved in it)")
+        raise PixdexError(f"--tagger {spec!r}: use STORE:NAME "
+                          f"(a store and the name of a tag set saved in it)")
     return store, name
 
 

@@ -112,9 +112,11 @@ def test_examples_by_path_and_by_id_teach_the_same(shapes_store, truth, tmp_path
 def test_multi_label_examples_choose_thresholds(shapes_store, truth):
     by_label = single_object_ids(truth, "shape")
     pairs = [(s, i) for s in ("circle", "star") for i in by_label[s][:6]]
-    summary = tag_store(shapes_store, ["circle", "star"], mode="multi", examples=pairs, save_as=None, progress=False)
+    summary = tag_store(shapes_store, ["circle", "star"], mode="multi", examples=pairs, save_as=None,
+                        progress=False)
     assert summary.classifier["examples"] == {"circle": 6, "star": 6} and summary.classifier["cv_folds"] >= 2
-    rows = {r["id"]: r["labels"] for r in collect(shapes_store, ["circle", "star"], mode="multi", examples=pairs)}
+    rows = {r["id"]: r["labels"]
+            for r in collect(shapes_store, ["circle", "star"], mode="multi", examples=pairs)}
     circles, stars = by_label["circle"], by_label["star"]
     assert np.mean(["circle" in rows[i] and "star" not in rows[i] for i in circles]) >= 0.8
     assert np.mean(["star" in rows[i] and "circle" not in rows[i] for i in stars]) >= 0.8
@@ -139,7 +141,8 @@ def test_bad_examples_get_one_line_errors_before_any_work(shapes_store, truth, t
         return cli_err(capsys, ["classify", str(store), "--labels", labels, "--examples", str(ex),
                                 "--save-as", "t", "--no-progress", *extra])
 
-    assert "unknown id 99999" in run(f"circle,{c}\nsquare,99999\n") and "line 2" in run(f"circle,{c}\nsquare,99999\n")
+    assert ("unknown id 99999" in run(f"circle,{c}\nsquare,99999\n")
+            and "line 2" in run(f"circle,{c}\nsquare,99999\n"))
     assert "'square' has no examples" in run(f"circle,{c}\n")
     assert "does not exist" in run(f"circle,{c}\nsquare,{tmp_path / 'nope.png'}\n")
     assert "one class only" in run(f"circle,{c}\n", "circle")
@@ -236,7 +239,8 @@ def test_api_classify_teaches_by_stored_examples_and_suggests(shapes_store, trut
     right = [r["labels"][0]["label"] == truth[r["id"]]["palette"] for r in out["results"]]
     right0 = [r["labels"][0]["label"] == truth[r["id"]]["palette"] for r in zero]
     assert np.mean(right) >= 0.8 and np.mean(right) > np.mean(right0)
-    assert len(out["suggestions"]) == 4 and not {s["id"] for s in out["suggestions"]} & {e["id"] for e in examples}
+    assert (len(out["suggestions"]) == 4
+            and not {s["id"] for s in out["suggestions"]} & {e["id"] for e in examples})
     # the CLI's own checks, one line each, nothing scored
     bad = client.post("/api/classify", json={**body, "examples": [{"label": "warm", "id": 10**9}]})
     assert bad.status_code in (400, 404, 422) and "unknown id" in bad.json()["error"]
@@ -252,12 +256,14 @@ def test_multi_label_tagger_saved_and_refreshed_like_a_full_run(shapes_clip, tmp
     store = make_store(tmp_path, shapes_clip, 30, seed=8)
     tr = truth_by_id(Store.open(store), tmp_path / "a" / "labels.csv")
     pairs = [(s, i) for i, r in sorted(tr.items()) for s in r["shape"].split(";") if s in ("circle", "star")]
-    summary = tag_store(store, ["circle", "star"], mode="multi", examples=pairs, save_as="has", progress=False)
+    summary = tag_store(store, ["circle", "star"], mode="multi", examples=pairs, save_as="has",
+                        progress=False)
     assert summary.classifier is not None and Store.open(store).tagger("has")["mode"] == "multi"
     world.write_collection(tmp_path / "b", count=10, seed=9)
     from indexer.job import index_collection
 
-    index_collection([str(tmp_path / "a"), str(tmp_path / "b")], store, model=shapes_clip, progress=False, workers=0)
+    index_collection([str(tmp_path / "a"), str(tmp_path / "b")], store, model=shapes_clip, progress=False,
+                     workers=0)
     done = refresh_tag_sets(store)
     assert [(d.name, d.tagged) for d in done] == [("has", 10)]
     stored = {r["id"]: (r["has"], r["has_score"]) for r in Store.open(store).tag_table("has").to_pylist()}
@@ -285,7 +291,8 @@ def test_siglip_store_zero_examples_exact_and_taught_fits_its_examples(tmp_path,
     ids = Store.open(store).ids().tolist()
     labels = ["circle", "square"]
     for mode in ("single", "multi"):
-        assert collect(store, labels, mode=mode, top_k=2, examples=[]) == collect(store, labels, mode=mode, top_k=2)
+        assert (collect(store, labels, mode=mode, top_k=2, examples=[])
+                == collect(store, labels, mode=mode, top_k=2))
     pairs = [(labels[k % 2], i) for k, i in enumerate(ids)]  # arbitrary labels: can it fit them?
     rows = {r["id"]: r for r in collect(store, labels, top_k=2, examples=pairs, save_as="fit")}
     assert np.mean([rows[i]["label"] == lab for lab, i in pairs]) >= 0.75

@@ -83,7 +83,8 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # a bug: still one JSON line, no traceback out
-        print(f"pixdex serve: {request.method} {request.url.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"pixdex serve: {request.method} {request.url.path}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
         return error(500, f"internal error ({type(exc).__name__})")
 
     def body_limit(content_type: str) -> int:
@@ -134,7 +135,8 @@ def create_app(store: str | Path, model: str | None = None, device: str = "auto"
                                        body.get("suggest"))
 
     @app.get("/api/duplicates")
-    def duplicates(threshold: float | None = None, tolerance: float | None = None, limit: int | None = None) -> dict:
+    def duplicates(threshold: float | None = None, tolerance: float | None = None,
+                   limit: int | None = None) -> dict:
         with dup_lock:  # one computation at a time; later calls get the cached groups
             return service.duplicates(threshold, tolerance, limit)
 

@@ -71,7 +71,7 @@ class StoreService:
         if fast is not None:
             fast.encode_texts(["warm up"])  # text queries run on the fast path: ready now, no torch import
         else:
-            self._searcher.encoder  # noqa: B018 - load the model now, not on the first request
+            self._searcher.encoder  # load the model now, not on the first request
         self.generation = self._searcher.store.manifest.get("generation")
         self._thumbnails: list = []  # [folder or None] once the first thumbnail asked for it
         self._classifier = None
@@ -88,8 +88,10 @@ class StoreService:
                 try:
                     fresh = self._searcher.reopened()
                 except (PixdexError, OSError, ValueError, RuntimeError) as exc:
-                    print(f"pixdex serve: still serving generation {self.generation}: cannot open the new one: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+                    print(f"pixdex serve: still serving generation {self.generation}: "
+                          f"cannot open the new one: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                          file=sys.stderr)
                 else:
                     self._searcher, self.generation = fresh, fresh.store.manifest.get("generation")
         finally:
@@ -103,7 +105,8 @@ class StoreService:
 
     @property
     def thumbnails(self) -> Path | None:
-        """Where thumbnails are cached (decided on first use: the store's cache, else the user's, else none)."""
+        """Where thumbnails are cached
+        (decided on first use: the store's cache, else the user's, else none)."""
         if not self._thumbnails:
             self._thumbnails.append(thumbnail_cache(self.path))
         return self._thumbnails[0]
@@ -124,7 +127,8 @@ class StoreService:
         if not q.strip():
             raise PixdexError("empty query")
         if len(q) > self.limits.max_query_chars:
-            raise TooLarge(f"query of {len(q):,} characters exceeds the {self.limits.max_query_chars:,} limit")
+            raise TooLarge(f"query of {len(q):,} characters exceeds the "
+                           f"{self.limits.max_query_chars:,} limit")
         return q
 
     def check_where(self, where) -> str | None:
@@ -146,8 +150,10 @@ class StoreService:
         images = {}
         for url in dict.fromkeys(urls):
             data = fetch_url(url, timeout=self.limits.url_timeout, max_bytes=self.limits.max_upload_bytes)
-            images[url] = load_image_input(data, max_pixels=self.limits.max_image_pixels, option="--max-image-pixels")
-        return [Query(tuple(Term(t.kind, images.get(t.value, t.value) if t.kind == "image" else t.value, t.weight)
+            images[url] = load_image_input(data, max_pixels=self.limits.max_image_pixels,
+                                           option="--max-image-pixels")
+        return [Query(tuple(Term(t.kind, images.get(t.value, t.value) if t.kind == "image" else t.value,
+                                 t.weight)
                             for t in q.terms), label=q.label) for q in queries]
 
     # ---- search -----------------------------------------------------------------------------
@@ -155,7 +161,8 @@ class StoreService:
         """sort: 'COLUMN' or '-COLUMN'; columns: names to attach to each hit (checked by the searcher)."""
         if sort is not None and not isinstance(sort, str):
             raise InvalidType(f"sort must be a column name (with '-' for descending), got {describe(sort)}")
-        if columns is not None and (not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)):
+        if columns is not None and (not isinstance(columns, list)
+                                    or not all(isinstance(c, str) for c in columns)):
             raise InvalidType(f"columns must be a list of column names, got {describe(columns)}")
         return {"sort": sort or None, "columns": columns or None}
 
@@ -189,7 +196,8 @@ class StoreService:
                 raise Invalid("queries must be a non-empty list of strings")
             return {"queries": qs, "results": self.search(qs, k, where, threshold, **order)}
         if "query" in body:
-            return {"query": body["query"], "results": self.search([body["query"]], k, where, threshold, **order)[0]}
+            return {"query": body["query"],
+                    "results": self.search([body["query"]], k, where, threshold, **order)[0]}
         if "id" in body:
             ident = check_id(body["id"])
             k, where = self.check_k(k), self.check_where(where)
@@ -216,7 +224,8 @@ class StoreService:
         labels = check_labels(labels, allow_duplicates=False, max_labels=self.limits.max_labels)
         return labels, check_template(DEFAULT_TEMPLATE if template is None else template)
 
-    def classify_ids(self, ids, labels, template: str | None, top_k=None, examples=None, suggest=None) -> dict:
+    def classify_ids(self, ids, labels, template: str | None, top_k=None, examples=None,
+                     suggest=None) -> dict:
         """Scores of stored ids; with `examples` ([{"label", "id"}]) by the labels they teach, and with
         `suggest` the N images worth labelling next (pixdex.server.teach)."""
         from pixdex.server import teach
@@ -236,7 +245,8 @@ class StoreService:
                 return {"results": score_ids(self, snap.store, ids, labels, template, top_k)}
         plan, suggest = teach.plan(examples, labels, snap.store, suggest, self.limits.max_ids)
         with self.model_lock:
-            return teach.teach_and_score(self.encoder, snap.store, ids, labels, template, top_k, plan, suggest)
+            return teach.teach_and_score(self.encoder, snap.store, ids, labels, template, top_k, plan,
+                                         suggest)
 
     def classify_image(self, image, labels, template: str | None) -> dict:
         from pixdex.server.zero_shot import score_image
@@ -247,7 +257,8 @@ class StoreService:
 
     # ---- duplicates -------------------------------------------------------------------------
     def duplicates(self, threshold=None, tolerance=None, limit=None) -> dict:
-        """Duplicate groups (search.duplicates), computed once per store state and settings, at most `limit`."""
+        """Duplicate groups (search.duplicates), computed once per store state and settings,
+        at most `limit`."""
         from indexer.params import (
             DEFAULT_DUP_THRESHOLD,
             DEFAULT_PIXEL_TOLERANCE,
@@ -256,8 +267,10 @@ class StoreService:
         )
         from search.duplicates import find_duplicates
 
-        threshold = DUP_THRESHOLD.check(DEFAULT_DUP_THRESHOLD if threshold is None else threshold, "threshold")
-        tolerance = PIXEL_TOLERANCE.check(DEFAULT_PIXEL_TOLERANCE if tolerance is None else tolerance, "tolerance")
+        threshold = DUP_THRESHOLD.check(DEFAULT_DUP_THRESHOLD if threshold is None else threshold,
+                                        "threshold")
+        tolerance = PIXEL_TOLERANCE.check(DEFAULT_PIXEL_TOLERANCE if tolerance is None else tolerance,
+                                          "tolerance")
         limit = self.limits.max_k if limit is None else limit
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= self.limits.max_k:
             raise Invalid(f"limit must be an integer from 1 to {self.limits.max_k}, got {describe(limit)}")
@@ -277,7 +290,8 @@ class StoreService:
         try:
             snap.store.locate(np.array(ids, np.int64))
         except PixdexError as exc:
-            raise NotFound(f"{str(exc).split(' in store ')[0]} (the store has {snap.store.count} items)") from None
+            raise NotFound(f"{str(exc).split(' in store ')[0]} "
+                           f"(the store has {snap.store.count} items)") from None
 
     def item(self, item_id) -> dict:
         item_id = check_id(item_id)

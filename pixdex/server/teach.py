@@ -43,7 +43,8 @@ def plan(examples, labels: list[str], store, suggest, max_examples: int):
     return p, suggest
 
 
-def teach_and_score(encoder, store, ids: list[int], labels: list[str], template: str, top_k, p, suggest: int) -> dict:
+def teach_and_score(encoder, store, ids: list[int], labels: list[str], template: str, top_k, p,
+                    suggest: int) -> dict:
     """Scores of `ids` by the labels taught by the planned examples, what was taught, and suggestions."""
     label_set = LabelSet.build(encoder, labels, [template])
     if p is not None:
