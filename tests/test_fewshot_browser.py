@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("playwright.sync_api")
 
-from serving import ARTIFACTS, browser_page  # noqa: E402
+from serving import ARTIFACTS, browser_page
 
 
 @pytest.mark.slow
@@ -41,7 +41,8 @@ def test_teach_by_example_loop_in_browser(shapes_store):
             page.click("#teach-btn")
         page.wait_for_selector("#teach-info:has-text('Taught by warm 4, cool 4')")
         page.wait_for_function("document.querySelectorAll('#teach-suggest li').length === 6")
-        tags = dict(zip(ids, page.eval_on_selector_all("#results li .tag", "els => els.map(e => e.textContent)")))
+        tags = dict(zip(ids, page.eval_on_selector_all("#results li .tag",
+                                                       "els => els.map(e => e.textContent)")))
         others = [i for i in single if i not in taught]
         right = sum(tags[i].split(" ")[0] == truth[i] for i in others)
         assert right >= 0.75 * len(others), [(tags[i], truth[i]) for i in others]
