@@ -205,28 +205,23 @@ def check_output_folder(path: str | os.PathLike, name: str = "output folder") ->
     return p
 
 
-def output_folder_arg(text: str) -> str:
-    """argparse `type=` for an output folder option (--out-dir)."""
-    try:
-        check_output_folder(text, "folder")
-    except PixdexError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _path_arg(check: Callable[[str], object], doc: str) -> Callable[[str], str]:
+    """An argparse `type=` that runs an output-path check and turns its PixdexError into argparse's."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except PixdexError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__doc__ = doc
+    return parse
 
 
-def output_file_arg(text: str) -> str:
-    """argparse `type=` for an output file option whose folder must exist (--out)."""
-    try:
-        check_output_file(text, "file")
-    except PixdexError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def new_file_arg(text: str) -> str:
-    """argparse `type=` for an output file option whose missing folders are created (--html)."""
-    try:
-        check_output_file(text, "file", make_parents=True)
-    except PixdexError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+output_folder_arg = _path_arg(lambda t: check_output_folder(t, "folder"),
+                              "argparse `type=` for an output folder option (--out-dir).")
+output_file_arg = _path_arg(lambda t: check_output_file(t, "file"),
+                            "argparse `type=` for an output file option whose folder must exist (--out).")
+new_file_arg = _path_arg(lambda t: check_output_file(t, "file", make_parents=True),
+                         "argparse `type=` for an output file option whose missing folders are created "
+                         "(--html).")

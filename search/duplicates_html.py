@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from search.duplicates import DupGroup, DupItem, DupReport
-from search.results import THUMB_SIZE, thumbnail_data_uri
+from search.results import THUMB_SIZE, thumbnail_data_uri, write_page
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; background: #fafafa; color: #222; }
@@ -86,7 +86,4 @@ def write_duplicates_html(
     if not report.groups:
         parts.append("<p>no duplicates found</p>")
     parts.append("</body></html>\n")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(parts), encoding="utf-8")
-    return out
+    return write_page(path, parts)

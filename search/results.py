@@ -128,6 +128,11 @@ def write_html(path: str | os.PathLike, queries: Sequence[Any], results: Sequenc
             parts.append("<p class='none'>no results</p>")
         parts.append("</section>")
     parts.append("</body></html>\n")
+    return write_page(path, parts)
+
+
+def write_page(path: str | os.PathLike, parts: list[str]) -> Path:
+    """Write a page's parts to `path` (its folders created), returning the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(parts), encoding="utf-8")
