@@ -41,15 +41,35 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def weights_fingerprint(model: torch.nn.Module, config: dict) -> str:
-    """A short hash of the config and a sample of every weight tensor: same model, same fingerprint."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+# Config entries that say how and where a model was loaded, not what it is.
+LOAD_DETAILS = frozenset({"_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash",
+                          "_attn_implementation_autoset"})
+
+
+def stable_config(config):
+    """The config without load details, at every level (text and vision sub-configs too)."""
+    if isinstance(config, dict):
+        return {k: stable_config(v) for k, v in config.items() if k not in LOAD_DETAILS}
+    return config
+
+
+def weights_fingerprint(model: torch.nn.Module, config: dict, legacy: bool = False) -> str:
+    """A short hash of the config and a sample of every weight tensor: same model, same fingerprint.
+
+    The same weights give the same fingerprint from any folder, with any transformers version, loaded in
+    float32 or float16 (samples are compared at float16 precision). legacy=True: the hash stores made
+    before that recorded (it changed with the folder, the transformers version and the dtype).
+    """
+    h = hashlib.sha256(json.dumps(config if legacy else stable_config(config), sort_keys=True,
+                                  default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
-        sample = torch.cat([flat[:256], flat[-256:]]).float().cpu().numpy()
+        sample = torch.cat([flat[:256], flat[-256:]])
+        if not legacy and sample.is_floating_point():
+            sample = sample.to(torch.float16)
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
-        h.update(sample.tobytes())
+        h.update(sample.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -119,11 +139,13 @@ class Encoder:
         bias = getattr(self.model, "logit_bias", None)
         self.logit_bias = float(bias.detach().float().item()) if bias is not None else None
         self.fingerprint = weights_fingerprint(self.model, self.config.to_dict())
+        self.legacy_fingerprint = weights_fingerprint(self.model, self.config.to_dict(), legacy=True)
         self.dim = int(self.encode_texts(["a"]).shape[1])
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self.name, self.family, self.dim, self.fingerprint, self.model_type)
+        return ModelInfo(self.name, self.family, self.dim, self.fingerprint, self.model_type,
+                         legacy_fingerprint=self.legacy_fingerprint)
 
     @property
     def image_size(self) -> int:

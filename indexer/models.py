@@ -21,6 +21,16 @@ class ModelInfo:
     dim: int
     fingerprint: str
     model_type: str
+    legacy_fingerprint: str | None = None  # what stores made before path/dtype-free fingerprints recorded
+
+    def record(self) -> dict:
+        """What a store's manifest keeps about the model."""
+        return {"name": self.name, "family": self.family, "dim": self.dim, "fingerprint": self.fingerprint,
+                "model_type": self.model_type}
+
+    def matches(self, fingerprint: str) -> bool:
+        """True when a recorded fingerprint is this model's (the current form or the older one)."""
+        return fingerprint in (self.fingerprint, self.legacy_fingerprint)
 
 
 def registered_models() -> dict[str, str]:

@@ -320,7 +320,7 @@ def _model_record(path: Path, old: dict, shards: list[_Shard], model) -> tuple[d
         from indexer.encoder import Encoder
 
         enc = model if isinstance(model, Encoder) else Encoder(model, device="cpu")
-        return asdict(enc.info), enc.info.dim
+        return enc.info.record(), enc.info.dim
     raise PixdexError(f"store {path}: the manifest is lost and no metadata file names the model; "
                       f"pass --model with the model the store was built with")
 
@@ -340,7 +340,7 @@ def _reembed(path: Path, sh: _Shard, model_rec: dict, dim: int, model, device: s
         enc = enc or Encoder(model or model_rec["name"], device=device)
     except PixdexError as exc:
         raise PixdexError(f"cannot re-embed shard {sh.number:06d}: {exc} (pass --model)") from None
-    if enc.info.fingerprint != model_rec["fingerprint"] or enc.info.dim != dim:
+    if not enc.info.matches(model_rec["fingerprint"]) or enc.info.dim != dim:
         raise PixdexError(f"cannot re-embed shard {sh.number:06d}: model {enc.info.name} is not the store's "
                           f"model {model_rec['name']} (pass --model)")
     table = sh.meta_table

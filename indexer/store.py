@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -277,7 +276,7 @@ class Store:
     def check_model(self, info: ModelInfo) -> None:
         """Refuse a model other than the one the store was built with."""
         mine = self.model
-        if info.fingerprint != mine["fingerprint"] or info.dim != self.dim:
+        if not info.matches(mine["fingerprint"]) or info.dim != self.dim:
             raise ModelMismatchError(
                 f"store {self.path} was built with model '{mine['name']}' "
                 f"(fingerprint {mine['fingerprint']}, "
@@ -793,6 +792,7 @@ class StoreWriter:
         if shard_rows < 1:
             raise PixdexError(f"shard size must be at least 1 row (got {shard_rows})")
         self.shard_rows = shard_rows
+        self._migrate_model = False  # an older store's model record is rewritten at the next commit
         if not is_store(self.path):
             _check_new_store_dir(self.path, model)
         self._lock = lock_store(self.path)
@@ -816,6 +816,10 @@ class StoreWriter:
         self._mtimes: dict[int, float] = {}
         self._columns: dict[int, dict] = {}  # id -> metadata values to set (columns added to old shards)
         self._dirty = False
+        if model is not None and self._migrate_model:
+            # an older store's fingerprint changed with the folder and dtype: record the one that does not
+            self.manifest["model"] = model.record()
+            self._dirty = True
         # vectors(): a snapshot of the current generation, shards mapped once
         self._reader: Store | None = None
 
@@ -824,11 +828,12 @@ class StoreWriter:
         if is_store(self.path):
             self.manifest = Store.open(self.path).manifest
             if model is not None and self.manifest["next_id"] == 0 and not self.manifest["shards"]:
-                if asdict(model) != self.manifest["model"]:  # nothing embedded yet: any model may start it
+                if model.record() != self.manifest["model"]:  # nothing embedded yet: any model may start it
                     self.manifest = new_manifest(model)
                     self._save_manifest()
             elif model is not None:
                 Store(self.path, self.manifest).check_model(model)
+                self._migrate_model = self.manifest["model"]["fingerprint"] != model.fingerprint
         else:
             if model is None:
                 raise PixdexError(f"store {self.path} does not exist")
@@ -1148,7 +1153,7 @@ def new_manifest(model: ModelInfo) -> dict:
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "model": asdict(model),
+        "model": model.record(),
         "dim": model.dim,
         "dtype": "float16",
         "metric": "inner_product",

@@ -103,6 +103,10 @@ class QueryEncoder:
             return
         from indexer.onnx_export import ensure_export
 
+        if self.encoder(store).fingerprint != store.model["fingerprint"]:  # exports are found by the store's
+            log.warning("pixdex: text queries ran on transformers (%s); run `pixdex index` once to record "
+                        "this model's current fingerprint in the store (an older store)", why)
+            return
         log.warning("pixdex: text queries ran on transformers (%s); "
                     "writing the text export for next time", why)
         try:

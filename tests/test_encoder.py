@@ -145,3 +145,39 @@ def test_pil_and_bytes_inputs_agree_with_paths(model_dirs, images):
     by_pil = enc.encode_images(Image.open(path))
     by_bytes = enc.encode_images(io.BytesIO(path.read_bytes()).getvalue())
     assert np.allclose(by_path, by_pil, atol=1e-5) and np.allclose(by_path, by_bytes, atol=1e-5)
+
+
+def test_the_fingerprint_names_the_weights_not_the_folder_or_the_dtype(tmp_path, tiny_clip):
+    """A store indexed on a GPU (float16) must open on a CPU (float32), and a moved model folder is the same
+    model; other weights are another model."""
+    import json
+    import shutil
+
+    from models import save_random_clip
+
+    moved = shutil.copytree(tiny_clip, tmp_path / "elsewhere" / "model")
+    here = Encoder(tiny_clip, device="cpu")
+    there = Encoder(str(moved), device="cpu")
+    half = Encoder(tiny_clip, device="cpu", dtype=torch.float16)
+    assert here.fingerprint == there.fingerprint == half.fingerprint
+    config = json.loads((moved / "config.json").read_text())
+    config["transformers_version"] = "4.0.0"  # written by another transformers release
+    (moved / "config.json").write_text(json.dumps(config))
+    assert Encoder(str(moved), device="cpu").fingerprint == here.fingerprint
+    other = Encoder(save_random_clip(tmp_path / "other", seed=1), device="cpu")
+    assert other.fingerprint != here.fingerprint
+
+
+def test_a_store_with_the_older_fingerprint_opens_and_is_updated_by_the_next_index(tmp_path, tiny_clip,
+                                                                                shapes_dir):
+    import json
+
+    enc = Encoder(tiny_clip, device="cpu")
+    store = tmp_path / "old.pixdex"
+    index_collection([str(shapes_dir)], store, model=enc, progress=False, workers=0)
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["model"]["fingerprint"] = enc.legacy_fingerprint  # what pixdex recorded before
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    Store.open(store).check_model(enc.info)  # still this store's model
+    index_collection([str(shapes_dir)], store, model=enc, progress=False, workers=0)
+    assert Store.open(store).model["fingerprint"] == enc.fingerprint

@@ -3,6 +3,7 @@ checked cache, fallback with a notice."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -143,8 +144,10 @@ def test_cli_json_is_the_same_on_both_paths(shapes_store):
 
 @pytest.fixture
 def own_model(tmp_path) -> tuple[str, Encoder]:
-    """A private model copy with its own export (tests below damage them)."""
-    path = save_random_clip(tmp_path / "model", seed=21)
+    """A private model with its own export (tests below damage them): weights of its own, since the export
+    cache is keyed by the weights' fingerprint, not by the folder."""
+    seed = int(hashlib.sha1(tmp_path.name.encode()).hexdigest()[:6], 16)
+    path = save_random_clip(tmp_path / "model", seed=seed)
     enc = Encoder(str(path), device="cpu")
     assert ensure_export(enc, "text")[0]
     return str(path), enc
