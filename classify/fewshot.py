@@ -11,10 +11,15 @@ entropy capitalizer: little data can help a lot"), here centred on CLIP's text w
 (Silva-Rodriguez et al., CVPR 2024, "A closer look at the few-shot adaptation of large vision-language
 models"). An infinite strength is the zero-shot classifier, a tiny one a plain linear probe; between
 them lie WiSE-FT-like interpolations (Wortsman et al., CVPR 2022). The strength is chosen by stratified
-cross-validation on the examples among STRENGTHS (zero-shot itself included); the default (the model's
-logit scale: one misclassified example can then move its label's weight by about the length of the text
-weight, no further) is kept unless another strength is better by more than a standard error, and always
-with fewer than MIN_CV_EXAMPLES examples or a label with a single example (no fold can hold it out).
+cross-validation on the examples (held-out cross-entropy) among STRENGTHS (zero-shot itself included) and,
+as one more candidate family, a plain ridge probe centred on zero (PROBE_STRENGTHS: scikit-learn's C grid
+0.1-100 at CLIP's logit scale), which wins when the label text predicts the examples no better than knowing
+nothing. The default (the model's logit scale: one misclassified example can then move its label's weight
+by about the length of the text weight, no further) is kept unless another candidate is better by more than
+a standard error, and always with fewer than MIN_CV_EXAMPLES examples or a label with a single example (no
+fold can hold it out). Then each label's own held-out examples may overrule that strength for the label by
+the same rule (a validated form of CLAP's class-adaptive penalty), so labels the prompts misread learn
+more freely than labels they read well.
 With no example at all the classifier IS the zero-shot one: same weights, same scoring code.
 """
 
@@ -35,6 +40,9 @@ METHOD = "prior-centred-logistic"
 # Candidate strengths in units of the model's logit scale, strongest first (warm starts run along
 # the path); inf keeps the zero-shot weights.
 STRENGTHS = (math.inf, 10.0, 1.0, 0.1, 0.01)
+# Strengths of the plain probe (centred on zero, the text ignored) that competes in the same
+# cross-validation, strongest first: chosen when the label text predicts the examples no better.
+PROBE_STRENGTHS = (1000.0, 100.0, 10.0, 1.0)
 # The default strength: a misclassified example pulls its label's weight by at most about one text-weight
 # length. Used when some label has a single example (no fold can hold it out), and kept unless
 # cross-validation finds a strength whose held-out loss is lower by more than one standard error.
@@ -79,17 +87,21 @@ class Problem:
 
     @classmethod
     def of(cls, xa: torch.Tensor, prior: torch.Tensor, targets: torch.Tensor, scale: float, multi: bool,
-           shift: float = 0.0) -> Problem:
-        """xa: augmented examples; prior: [labels, dim + 1] text weights and biases (unit scale)."""
+           shift: float = 0.0, basis: torch.Tensor | None = None) -> Problem:
+        """xa: augmented examples; prior: [labels, dim + 1] text weights and biases (unit scale), or zeros
+        for a plain probe (every label then weighs the same)."""
         # The optimum's change from the prior lies in the span of the examples (representer theorem),
         # so solving there is exact, and much smaller than dim + 1 when examples are few.
-        basis = torch.linalg.qr(xa.T)[0] if len(xa) < xa.shape[1] else torch.eye(xa.shape[1])
+        if basis is None:
+            basis = torch.linalg.qr(xa.T)[0] if len(xa) < xa.shape[1] else torch.eye(xa.shape[1])
         prior_logits = scale * (xa @ prior.T)
-        trust = prior_trust(prior_logits, targets, multi, shift)
+        trust = (prior_trust(prior_logits, targets, multi, shift) if bool(prior.any())
+                 else torch.ones(prior.shape[0]))
         return cls(xa @ basis, basis, prior_logits, targets, scale, multi, shift, trust)
 
     def loss(self, delta: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        """The penalised loss divided by the number of examples (same optimum; scale-free tolerances)."""
+        """The penalised loss divided by the number of examples (same optimum; scale-free tolerances);
+        strength: [labels] penalty per label, 0 for a label kept at its prior (delta masked there)."""
         logits = self.prior_logits + self.scale * (self.feats @ delta.T)
         if self.multi:
             data = F.binary_cross_entropy_with_logits(logits + self.shift, self.targets, reduction="sum")
@@ -97,27 +109,31 @@ class Problem:
             data = F.cross_entropy(logits, self.targets, reduction="sum")
         return (data + 0.5 * (strength[:, None] * delta * delta).sum()) / len(logits)
 
-    def solve(self, strength: float, start: torch.Tensor | None = None,
+    def solve(self, strength: float | torch.Tensor, start: torch.Tensor | None = None,
               max_iter: int = MAX_ITER) -> torch.Tensor:
         """[labels, r] change from the prior minimising the penalised loss (L-BFGS, warm-started);
-        label j's penalty is strength * label_weights[j]."""
-        delta = (torch.zeros(self.prior_logits.shape[1], self.feats.shape[1]) if start is None
-                 else start.clone())
-        if math.isinf(strength):
+        label j's penalty is strength[j] (or one strength for all) * label_weights[j]; inf keeps label j
+        at its prior."""
+        labels = self.prior_logits.shape[1]
+        delta = torch.zeros(labels, self.feats.shape[1]) if start is None else start.clone()
+        per_label = torch.as_tensor(strength, dtype=torch.float32).expand(labels) * self.label_weights
+        free = torch.isfinite(per_label)
+        if not bool(free.any()):
             return torch.zeros_like(delta)
-        per_label = strength * self.label_weights
-        delta.requires_grad_(True)
+        mask = free[:, None].float()
+        per_label = torch.where(free, per_label, torch.zeros(()))
+        delta = (delta * mask).requires_grad_(True)
         opt = torch.optim.LBFGS([delta], lr=1.0, max_iter=max_iter, tolerance_grad=1e-5,
                                 tolerance_change=1e-7, history_size=10, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            value = self.loss(delta, per_label)
+            value = self.loss(delta * mask, per_label)
             value.backward()
             return value
 
         opt.step(closure)
-        return delta.detach()
+        return (delta * mask).detach()
 
     def path(self, strengths: Sequence[float], max_iter: int = MAX_ITER) -> list[torch.Tensor]:
         """The change from the prior ([labels, dim + 1]) for each strength,
@@ -197,8 +213,10 @@ class Fit:
     strength: float  # in units of the logit scale; inf = the zero-shot weights
     cv_accuracy: float | None
     folds: int
-    cv: dict = field(default_factory=dict)  # strength -> cross-validated accuracy
+    cv: dict = field(default_factory=dict)  # candidate name -> cross-validated accuracy
     cv_logits: np.ndarray | None = None  # out-of-fold logits at the chosen strength (multi: thresholds)
+    prior: str = "text"  # "text": centred on the label text; "none": a plain probe (the text did not help)
+    label_strengths: list[float] | None = None  # per label, where its own examples overruled `strength`
 
 
 def predictions_correct(logits: torch.Tensor, targets: torch.Tensor, multi: bool,
@@ -209,11 +227,20 @@ def predictions_correct(logits: torch.Tensor, targets: torch.Tensor, multi: bool
     return (logits.argmax(dim=1) == targets).float()
 
 
-def held_out_loss(logits: torch.Tensor, targets: torch.Tensor, multi: bool, shift: float) -> torch.Tensor:
-    """Per example cross-entropy of held-out predictions (the proper score that picks the strength)."""
+def held_out_parts(logits: torch.Tensor, targets: torch.Tensor, multi: bool, shift: float) -> torch.Tensor:
+    """[n, labels] cross-entropy of held-out predictions (the proper score that picks the strength), split
+    by label: multi-label, each label's yes/no term; single-label, the whole term under the true label."""
     if multi:
-        return F.binary_cross_entropy_with_logits(logits + shift, targets, reduction="none").sum(dim=1)
-    return F.cross_entropy(logits, targets, reduction="none")
+        return F.binary_cross_entropy_with_logits(logits + shift, targets, reduction="none")
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    return torch.zeros_like(logits).scatter_(1, targets[:, None], ce[:, None])
+
+
+def candidates(strengths: Sequence[float]) -> list[tuple[bool, float]]:
+    """(centred on the text?, strength) pairs to cross-validate: the text-centred path strongest first
+    (the default always among them), then the plain-probe path."""
+    text = sorted({*strengths, DEFAULT_STRENGTH}, reverse=True)
+    return [(True, float(t)) for t in text] + [(False, float(t)) for t in PROBE_STRENGTHS]
 
 
 def fit(prior: np.ndarray, examples: Examples, scale: float, cuts: np.ndarray | None = None,
@@ -234,43 +261,72 @@ def _fit(prior, examples, scale, cuts, shift, strengths, seed) -> Fit:
     groups = examples.groups()
     smallest = min(np.unique(np.array([str(g) for g in groups]), return_counts=True)[1])
     folds = min(MAX_FOLDS, int(smallest))
-    strength, cv_accuracy, cv, oof = DEFAULT_STRENGTH, None, {}, None
+    centred, strength, per_label, cv_accuracy, cv, oof = True, DEFAULT_STRENGTH, None, None, {}, None
     if folds >= 2:
-        strengths = list(strengths) if DEFAULT_STRENGTH in strengths else [*strengths, DEFAULT_STRENGTH]
-        strengths.sort(reverse=True)
-        losses, right, logits = cross_validate(xa, prior_t, examples, scale, multi, shift, cut_t, strengths,
-                                               stratified_folds(groups, folds, seed))
-        j = choose(losses, strengths.index(DEFAULT_STRENGTH))
-        strength, cv_accuracy, oof = float(strengths[j]), float(right[j].mean()), logits[j].numpy()
-        cv = {float(s): float(a) for s, a in zip(strengths, right.mean(dim=1))}
+        cands = candidates(strengths)
+        parts, right, logits = cross_validate(xa, prior_t, examples, scale, multi, shift, cut_t, cands,
+                                              stratified_folds(groups, folds, seed))
+        j = choose(parts.sum(dim=2), cands.index((True, DEFAULT_STRENGTH)))
+        centred, strength = cands[j]
+        cv = {("" if c else "probe ") + f"{s:g}": float(a) for (c, s), a in zip(cands, right.mean(dim=1))}
+        oof = logits[j]
+        if centred:
+            per_label, oof = per_label_strengths(parts, logits, examples, cands, j)
+        truth = examples.torch_targets()
+        cv_accuracy = float(predictions_correct(oof, truth, multi, cut_t).mean())
+        oof = oof.numpy()
     else:
         folds = 0
-    problem = Problem.of(xa, prior_t, examples.torch_targets(), scale, multi, shift)
-    delta = problem.path([strength * scale])[0] if not math.isinf(strength) else torch.zeros(labels, dim + 1)
-    w = (prior_t + delta).numpy()
-    return Fit(np.ascontiguousarray(w[:, :dim]), w[:, dim].copy(), strength, cv_accuracy, folds, cv, oof)
+    centre = prior_t if centred else torch.zeros_like(prior_t)
+    problem = Problem.of(xa, centre, examples.torch_targets(), scale, multi, shift)
+    chosen = torch.tensor(per_label if per_label is not None else [strength] * labels) * scale
+    w = (centre + problem.solve(chosen) @ problem.basis.T).numpy()
+    overruled = per_label if per_label is not None and any(s != strength for s in per_label) else None
+    return Fit(np.ascontiguousarray(w[:, :dim]), w[:, dim].copy(), float(strength), cv_accuracy, folds, cv,
+               oof, "text" if centred else "none", overruled)
+
+
+def per_label_strengths(parts: torch.Tensor, logits: torch.Tensor, examples: Examples,
+                        cands: list[tuple[bool, float]], chosen: int) -> tuple[list[float], torch.Tensor]:
+    """Per label, the text-centred strength its own examples' held-out loss picks, by the same rule with
+    the overall choice as default (a label the prompts read well keeps a stronger prior than one they
+    misread); and the out-of-fold logits, each label's column from its own strength."""
+    text = [i for i, (c, _) in enumerate(cands) if c]
+    out, oof = [], logits[chosen].clone()
+    for label in range(parts.shape[2]):
+        rows = (torch.ones(parts.shape[1], dtype=torch.bool) if examples.multi
+                else torch.from_numpy(examples.targets == label))
+        k = text[choose(parts[text][:, rows, label], text.index(chosen))]
+        out.append(cands[k][1])
+        oof[:, label] = logits[k, :, label]
+    return out, oof
 
 
 def cross_validate(xa, prior_t, examples: Examples, scale: float, multi: bool, shift: float, cut_t,
-                   strengths: Sequence[float], held: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
-    """Out-of-fold (loss [strengths, n], right [strengths, n], logits [strengths, n, labels])."""
+                   cands: Sequence[tuple[bool, float]], held: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """Out-of-fold (loss [candidates, n, labels], right [candidates, n], logits [candidates, n, labels])."""
     n, labels = len(xa), prior_t.shape[0]
-    losses, right = torch.zeros(len(strengths), n), torch.zeros(len(strengths), n)
-    logits = torch.zeros(len(strengths), n, labels)
+    parts, right = torch.zeros(len(cands), n, labels), torch.zeros(len(cands), n)
+    logits = torch.zeros(len(cands), n, labels)
     for test in held:
         train = np.setdiff1d(np.arange(n), test)
-        problem = Problem.of(xa[train], prior_t, examples.torch_targets(train), scale, multi, shift)
         truth = examples.torch_targets(test)
-        for j, delta in enumerate(problem.path([s * scale for s in strengths], CV_MAX_ITER)):
-            lg = scale * (xa[test] @ (prior_t + delta).T)
-            logits[j, test] = lg
-            right[j, test] = predictions_correct(lg, truth, multi, cut_t)
-            losses[j, test] = held_out_loss(lg, truth, multi, shift)
-    return losses, right, logits
+        basis = None
+        for centred in (True, False):
+            idx = [i for i, c in enumerate(cands) if c[0] == centred]
+            centre = prior_t if centred else torch.zeros_like(prior_t)
+            problem = Problem.of(xa[train], centre, examples.torch_targets(train), scale, multi, shift, basis)
+            basis = problem.basis
+            for j, delta in zip(idx, problem.path([cands[i][1] * scale for i in idx], CV_MAX_ITER)):
+                lg = scale * (xa[test] @ (centre + delta).T)
+                logits[j, test] = lg
+                right[j, test] = predictions_correct(lg, truth, multi, cut_t)
+                parts[j, test] = held_out_parts(lg, truth, multi, shift)
+    return parts, right, logits
 
 
 def choose(losses: torch.Tensor, default: int) -> int:
-    """The strength with the lowest mean held-out loss when it beats the default's by more than one
+    """The candidate with the lowest mean held-out loss when it beats the default's by more than one
     standard error of the paired per-example difference (few examples cannot tell); else the default."""
     if losses.shape[1] < MIN_CV_EXAMPLES:
         return default
@@ -372,6 +428,7 @@ class Taught:
         """What was taught, for summaries and the stored record."""
         f = self.fit
         return {"method": METHOD if f is not None else "zero-shot", "mode": self.mode,
+                "prior": None if f is None else f.prior,
                 "examples": dict(self.counts),
                 "strength": None if f is None or math.isinf(f.strength) else f.strength,
                 "cv_accuracy": None if f is None else f.cv_accuracy, "cv_folds": 0 if f is None else f.folds}
