@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1
+FORMAT = 2  # 2: weights in a separate file beside the graph (memory-mapped at load, see session())
 SIDECAR = "export.json"
 TOWERS = ("text", "image")
-FILE_PARTS = ("graph", "tokenizer")  # sidecar entries that name a file
+FILE_PARTS = ("graph", "weights", "tokenizer")  # sidecar entries that name a file
 SAMPLE_BYTES = 1 << 20  # hashed from each end of a file on every load (the full sha256 is recorded too)
 FULL_HASH_BYTES = 16 << 20  # files up to this size are fully hashed on every load
 CACHE_ENV = "PIXDEX_CACHE"  # overrides the cache folder
@@ -104,9 +104,11 @@ def check_export(fingerprint: str, tower: str) -> ExportCheck:
     except (OSError, ValueError) as exc:
         return ExportCheck(None, f"unreadable {tower} export sidecar ({exc.__class__.__name__})")
     try:
-        if (meta.get("format") != FORMAT or meta.get("fingerprint") != fingerprint
-                or meta.get("tower") != tower):
-            return ExportCheck(None, f"{tower} export was written for another format or model")
+        if meta.get("fingerprint") != fingerprint or meta.get("tower") != tower:
+            return ExportCheck(None, f"{tower} export was written for another model")
+        if meta.get("format") != FORMAT:
+            return ExportCheck(None, f"no fast {tower} export cached in the current format "
+                                     f"(found format {meta.get('format')}, need {FORMAT})")
         for p, size, mtime in meta["sources"]:
             st = os.stat(p)
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
@@ -130,15 +132,34 @@ def check_export(fingerprint: str, tower: str) -> ExportCheck:
     return ExportCheck(meta)
 
 
-def session(path: Path, threads: int = 1):
+_QUICK_START = False  # set by prefer_quick_start(): this process answers a query or two, then exits
+
+
+def prefer_quick_start() -> None:
+    """Make this process's sessions start in milliseconds rather than run a few percent faster: for one-shot
+    commands (a CLI query), not for servers and notebooks that answer many queries."""
+    global _QUICK_START
+    _QUICK_START = True
+
+
+def session(path: Path, threads: int = 1, quick_start: bool | None = None):
     """An onnxruntime session for a few queries at a time, without spinning threads (a busy machine pays
-    5-10x for spinning; see search.searcher._torch_threads)."""
+    5-10x for spinning; see search.encoding.torch_threads).
+
+    The weights file beside the graph is memory-mapped, so opening costs no copy of the weights. A quick
+    start also skips graph optimisation and weight prepacking, which cost 0.3-1.3 s per ViT-B/32 tower on
+    2 cores (benchmarks/cold_query.py) and win back only a few ms per query.
+    """
     import onnxruntime as ort
 
+    quick = _QUICK_START if quick_start is None else quick_start
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if quick:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

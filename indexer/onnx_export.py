@@ -7,6 +7,8 @@ cosine MIN_COSINE, one by one and as a padded batch. Image: on probe images of s
 ratios (one smaller than the crop), onnxruntime on indexer.pixels' resize+crop must match
 Encoder.encode_images (the model's own processor) within MIN_COSINE. A model that fails gets a sidecar
 that says so (its queries keep transformers, without a retry on every query until its files change).
+Each graph is published as two files: the graph and, beside it, its weights (ONNX external data), which
+onnxruntime memory-maps instead of copying (a ViT-B/32 image tower opens in 0.02 s instead of 0.6 s).
 Files are written under temporary names and renamed; the sidecar comes last, so a reader never sees
 half an export.
 """
@@ -29,6 +31,7 @@ from indexer.encoder import SIGLIP_TEXT_LENGTH, Encoder, features
 from indexer.image_onnx import pixels
 from indexer.onnx_cache import (
     CANNOT,
+    FILE_PARTS,
     FORMAT,
     SIDECAR,
     TOWERS,
@@ -124,8 +127,7 @@ def ensure_export(encoder: Encoder, tower: str, cpu: list[Encoder] | None = None
                 seconds=round(time.perf_counter() - t0, 2),
                 versions={"torch": torch.__version__, "onnxruntime": _ort_version()})
     save_json(folder / SIDECAR, meta)
-    _sweep(folder,
-           keep={rec["file"] for rec in (meta.get("graph"), meta.get("tokenizer")) if rec} | {SIDECAR})
+    _sweep(folder, keep={meta[part]["file"] for part in FILE_PARTS if part in meta} | {SIDECAR})
     return True, ""
 
 
@@ -146,11 +148,12 @@ def _write_text(encoder: Encoder, folder: Path) -> dict:
         (tmp / spec.file).write_bytes(tok_bytes)
         _export(_TextTower(encoder.model, spec.inputs), _text_args(encoder, spec.inputs), tmp / "graph.onnx",
                 names=list(spec.inputs), axes={n: {0: "batch", 1: "tokens"} for n in spec.inputs})
+        weights = _split_weights(tmp / "graph.onnx", "text")
         cosine = _check_text(encoder, spec, tmp)
-        graph = _publish(tmp / "graph.onnx", folder, "text")
+        files = _publish_graph(tmp, weights, folder, "text")
         tok = _publish(tmp / spec.file, folder, "tokenizer")
     tok["spec"] = asdict(TokenSpec(**{**asdict(spec), "file": tok["file"]}))
-    return {"graph": graph, "tokenizer": tok, "checked": {"probes": len(TEXT_PROBES), "min_cosine": cosine}}
+    return {**files, "tokenizer": tok, "checked": {"probes": len(TEXT_PROBES), "min_cosine": cosine}}
 
 
 def _text_args(encoder: Encoder, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
@@ -194,7 +197,7 @@ def token_spec(encoder: Encoder) -> tuple[TokenSpec, bytes]:
 def _check_text(encoder: Encoder, spec: TokenSpec, folder: Path) -> float:
     """Probe texts through both paths: identical tokens, cosine >= MIN_COSINE. Returns the lowest cosine."""
     tok = QueryTokenizer(spec, folder)
-    sess = session(folder / "graph.onnx")
+    sessions = _both_sessions(folder / "graph.onnx")
     lowest = 1.0
     for batch in [[p] for p in TEXT_PROBES] + [TEXT_PROBES]:
         want = {k: v.numpy() for k, v in encoder.tokenize(batch).items()}
@@ -202,7 +205,9 @@ def _check_text(encoder: Encoder, spec: TokenSpec, folder: Path) -> float:
         for name in spec.inputs:
             if want[name].shape != got[name].shape or not np.array_equal(want[name], got[name]):
                 raise Unsupported(f"replayed tokenizer differs from transformers on {batch[0][:40]!r}")
-        lowest = min(lowest, _lowest_cosine(encoder.encode_texts(batch), sess.run(None, got)[0], "text"))
+        reference = encoder.encode_texts(batch)
+        for sess in sessions:
+            lowest = min(lowest, _lowest_cosine(reference, sess.run(None, got)[0], "text"))
     return round(lowest, 8)
 
 
@@ -217,11 +222,12 @@ def _write_image(encoder: Encoder, folder: Path) -> dict:
         example = torch.from_numpy(pixels(probes[:2], plan))
         _export(_ImageTower(encoder.model, plan), (example,), tmp / "graph.onnx", names=["pixels"],
                 axes={"pixels": {0: "batch"}})
-        sess = session(tmp / "graph.onnx")
-        cosine = _lowest_cosine(encoder.encode_images(probes),
-                                sess.run(None, {"pixels": pixels(probes, plan)})[0], "image")
-        graph = _publish(tmp / "graph.onnx", folder, "image")
-    return {"graph": graph, "pixels": asdict(plan),
+        weights = _split_weights(tmp / "graph.onnx", "image")
+        reference, feed = encoder.encode_images(probes), {"pixels": pixels(probes, plan)}
+        cosine = min(_lowest_cosine(reference, sess.run(None, feed)[0], "image")
+                     for sess in _both_sessions(tmp / "graph.onnx"))
+        files = _publish_graph(tmp, weights, folder, "image")
+    return {**files, "pixels": asdict(plan),
             "checked": {"probes": len(probes), "min_cosine": round(cosine, 8)}}
 
 
@@ -252,6 +258,35 @@ def _export(module: torch.nn.Module, args: tuple, out: Path, names: list[str], a
         raise Unsupported("ONNX export wrote no file (external weights are not supported)")
 
 
+def _split_weights(graph: Path, tower: str) -> str:
+    """Move the graph's weights into a file beside it (ONNX external data, memory-mapped by onnxruntime);
+    returns that file's name, unique to these weights."""
+    import onnx
+
+    name = f"{tower}-{sha256_file(graph)[:16]}.weights"
+    model = onnx.load(str(graph))
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=name, size_threshold=1024)
+    if (graph.parent / name).is_file():  # onnx creates it private (0600): readable like the graph
+        os.chmod(graph.parent / name, graph.stat().st_mode & 0o777)
+    return name
+
+
+def _both_sessions(graph: Path) -> list:
+    """The graph as a one-shot CLI query opens it (no graph optimisation) and as a server does: the
+    check covers both."""
+    return [session(graph, quick_start=True), session(graph, quick_start=False)]
+
+
+def _publish_graph(tmp: Path, weights: str, folder: Path, stem: str) -> dict:
+    """Publish the weights (under the name the graph refers to), then the graph: their sidecar records."""
+    out = {}
+    if (tmp / weights).is_file():  # a graph with no tensor over the size threshold has none
+        out["weights"] = _publish(tmp / weights, folder, stem, name=weights)
+    out["graph"] = _publish(tmp / "graph.onnx", folder, stem)
+    return out
+
+
 def _lowest_cosine(want: np.ndarray, got: np.ndarray, what: str) -> float:
     cos = np.sum(want * got, axis=1) / np.maximum(np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1),
                                                   1e-12)
@@ -275,10 +310,11 @@ class _scratch:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _publish(src: Path, folder: Path, stem: str) -> dict:
-    """fsync src and rename it into folder under a content-addressed name; returns its sidecar record."""
+def _publish(src: Path, folder: Path, stem: str, name: str | None = None) -> dict:
+    """fsync src and rename it into folder under `name`, else a content-addressed name; returns its
+    sidecar record."""
     digest = sha256_file(src)
-    name = f"{stem}-{digest[:16]}{src.suffix}"
+    name = name or f"{stem}-{digest[:16]}{src.suffix}"
     with open(src, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(src, folder / name)
@@ -303,7 +339,7 @@ def _sweep(folder: Path, keep: set[str] | None = None) -> None:
         if p.name.startswith(".tmp-"):
             if now - p.stat().st_mtime > STALE_TMP_SECONDS:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        elif keep is not None and p.name not in keep and p.suffix in (".onnx", ".json", ".model"):
+        elif keep is not None and p.name not in keep and p.suffix in (".onnx", ".weights", ".json", ".model"):
             p.unlink(missing_ok=True)
 
 

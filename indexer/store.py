@@ -98,6 +98,15 @@ def int64_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(buf), [None, pa.py_buffer(buf)])
 
 
+def string_array(values: list[str]) -> pa.Array:
+    """Strings as an arrow string array, built from buffers (pa.array imports pandas)."""
+    data = [v.encode() for v in values]
+    offsets = np.zeros(len(data) + 1, np.int32)
+    np.cumsum([len(b) for b in data], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets),
+                                                          pa.py_buffer(b"".join(data))])
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -628,6 +637,23 @@ class Store:
                 self._shard_paths.pop(next(iter(self._shard_paths)))
             self._shard_paths[k] = col
         return col
+
+    def ids_with_content(self, digests: Iterable[str]) -> dict[str, int]:
+        """sha256 of a file's bytes -> the id of a live item stored with exactly those bytes (the lowest id
+        when copies are stored), for the digests the store holds. Reads only the id and sha256 columns."""
+        want = string_array(sorted(set(digests)))
+        found: dict[str, int] = {}
+        if not len(want):
+            return found
+        for k in range(len(self._shards)):
+            table = self.read_shard_metadata(k, ["id", "sha256"])
+            hits = table.filter(pc.is_in(table["sha256"], value_set=want))
+            if not hits.num_rows:  # (combine_chunks of no chunks imports pandas)
+                continue
+            for digest, ident in zip(hits["sha256"].to_pylist(), id_array(hits["id"]).tolist()):
+                if digest not in found and ident not in self._deleted:
+                    found[digest] = ident
+        return found
 
     def file_paths(self, ids) -> list[str]:
         """The file names of live ids as the OS takes them (names that are not UTF-8 unescaped)."""

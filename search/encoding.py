@@ -7,7 +7,9 @@ vectors. Weighted +/- mixes are summed, then normalised.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -18,7 +20,8 @@ import numpy as np
 from indexer.errors import InvalidType, InvalidValue, PixdexError
 from indexer.ids import describe
 from indexer.image_onnx import load_image_encoder
-from indexer.onnx_cache import CANNOT
+from indexer.inputs import image_file_of, read_image_file
+from indexer.onnx_cache import CANNOT, fast_path_enabled
 from indexer.store import Store
 from indexer.text_onnx import load_text_encoder
 from search.query import Query
@@ -80,8 +83,20 @@ class QueryEncoder:
         return out
 
     def encode_images(self, store: Store, images: list[Any]) -> np.ndarray:
-        """Image query vectors: the fast path when the store's model has a checked export,
-        else transformers."""
+        """Image query vectors: a stored image's own vector when the query is a file (or upload) with the
+        same bytes, else the fast path when the store's model has a checked export, else transformers."""
+        stored = stored_images(store, images) if fast_path_enabled() else {}
+        if not stored:
+            return self._encode_images(store, images)
+        out = np.zeros((len(images), store.dim), np.float32)
+        rows = sorted(stored)
+        out[rows] = normalise(store.vectors(np.array([stored[i] for i in rows], np.int64)))
+        rest = [i for i in range(len(images)) if i not in stored]
+        if rest:
+            out[rest] = self._encode_images(store, [images[i] for i in rest])
+        return out
+
+    def _encode_images(self, store: Store, images: list[Any]) -> np.ndarray:
         fast = self.fast_encoder(store, "image")
         if fast is not None:
             return fast.encode_images(images)
@@ -155,6 +170,35 @@ class QueryEncoder:
                 raise PixdexError(f"query {q.label!r} cancels out to a zero vector")
             out[row] = v / norm
         return out
+
+
+def stored_images(store: Store, images: Sequence[Any]) -> dict[int, int]:
+    """Query images (files, uploaded bytes) byte-identical to a stored image -> that item's id: its stored
+    vector is the embedding the model gives these bytes, so no model has to load (a cold image query on a
+    ViT-L/14 store then costs what an `id:` query does)."""
+    digests: dict[int, str] = {}
+    for i, item in enumerate(images):
+        data = _local_bytes(item)
+        if data is not None:
+            digests[i] = hashlib.sha256(data).hexdigest()
+    if not digests:
+        return {}
+    ids = store.ids_with_content(digests.values())
+    return {i: ids[d] for i, d in digests.items() if d in ids}
+
+
+def _local_bytes(item: Any) -> bytes | None:
+    """The bytes of an uploaded image or a local image file; None for URLs, PIL images and anything that
+    cannot be read (the encoder then reports it)."""
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    path = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+    if path is None or image_file_of(path) is None:
+        return None
+    try:
+        return read_image_file(path)
+    except PixdexError:
+        return None
 
 
 def as_embeddings(vectors: Any, dim: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
@@ -22,6 +23,7 @@ from indexer.encoder import Encoder
 from indexer.image_onnx import load_image_encoder
 from indexer.onnx_cache import check_export, export_dir, forget_loaded
 from indexer.onnx_export import ensure_export, probe_images
+from indexer.store import Store
 from indexer.text_onnx import load_text_encoder
 from search.searcher import Searcher
 
@@ -101,14 +103,57 @@ def test_search_uses_the_export_and_ranks_identically(shapes_store):
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
 
 
-def test_image_queries_use_the_export_and_rank_identically(shapes_store):
-    images = sorted((shapes_store.parent / "images").glob("*.png"))[:3]
+def new_images(store: Path, folder: Path, n: int = 3) -> list[Path]:
+    """n query images the store does not hold (rotated copies of stored ones: new bytes)."""
+    out = []
+    for i, src in enumerate(sorted((store.parent / "images").glob("*.png"))[:n]):
+        out.append(folder / f"new-{i}.png")
+        Image.open(src).rotate(90).save(out[-1])
+    return out
+
+
+def test_image_queries_use_the_export_and_rank_identically(shapes_store, tmp_path):
+    images = new_images(shapes_store, tmp_path)
     fast = Searcher(shapes_store)
     slow = Searcher(shapes_store, model="shapes-clip")
     assert fast.fast_encoder("image") is not None and slow.fast_encoder("image") is None
     for got, want in zip(fast.search_image(images, k=15), slow.search_image(images, k=15)):
         assert [h.id for h in got] == [h.id for h in want]
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-4)
+
+
+def test_a_stored_image_as_query_answers_from_its_stored_vector(shapes_store, tmp_path, monkeypatch):
+    """A query image with the same bytes as a stored one (that file, or a copy anywhere) ranks like the
+    stored item's `id:` query and loads no model: it works with no export in the cache at all."""
+    monkeypatch.setenv("PIXDEX_CACHE", str(tmp_path / "empty-cache"))
+    forget_loaded(Store.open(shapes_store).model["fingerprint"])
+    stored = sorted((shapes_store.parent / "images").glob("*.jpg"))[4]
+    copy = tmp_path / "holiday" / "copy.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(stored.read_bytes())
+    s = Searcher(shapes_store)
+    ident = s.id_for_path(str(stored))
+    want = s.search(f"id:{ident}", k=10)
+    for query in (stored, str(copy), copy.read_bytes()):
+        got = s.search_image(query, k=10)
+        assert [h.id for h in got] == [h.id for h in want]
+        assert got[0].id == ident and got[0].score > 0.999
+    assert s.queries.loaded is None  # no export in this cache, and transformers never loaded
+    # mixed with a new image in one batch: each gets its own vector, in order
+    fresh_image = new_images(shapes_store, tmp_path)[0]
+    monkeypatch.delenv("PIXDEX_CACHE")
+    both = Searcher(shapes_store).search_image([fresh_image, copy], k=3)
+    assert both[1][0].id == ident and both[0][0].id != ident
+
+
+def test_the_transformers_path_encodes_stored_images_too(shapes_store):
+    """PIXDEX_FAST=0 is the reference path: every query image goes through the model."""
+    stored = sorted((shapes_store.parent / "images").glob("*.png"))[0]
+    fast, fast_err = cli_json(shapes_store, "--image", str(stored), "-k", "10", fast=True)
+    slow, slow_err = cli_json(shapes_store, "--image", str(stored), "-k", "10", fast=False)
+    assert fast_err == "" and "fast path turned off" in slow_err
+    assert [h["id"] for h in fast[0]] == [h["id"] for h in slow[0]]
+    np.testing.assert_allclose([h["score"] for h in fast[0]], [h["score"] for h in slow[0]], atol=2e-3)
 
 
 def test_a_text_query_imports_neither_torch_nor_transformers_nor_pandas(shapes_store):
@@ -168,6 +213,36 @@ def test_truncated_export_is_detected_and_rebuilt(own_model):
     assert ensure_export(enc, "text")[0]
     fast, _ = fresh(enc.fingerprint)
     assert cosines(fast.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() >= 0.9999
+
+
+def test_weights_file_beside_the_graph_is_checked(own_model):
+    """The weights live in their own file (memory-mapped at load); one cut short or rewritten in place is
+    caught by the sidecar's stamp, and the export is rebuilt."""
+    _, enc = own_model
+    folder = export_dir(enc.fingerprint, "text")
+    meta = json.loads((folder / "export.json").read_text())
+    weights = folder / meta["weights"]["file"]
+    assert weights.stat().st_size > 2 * graph_file(enc).stat().st_size  # the big tensors left the graph
+    assert oct(weights.stat().st_mode & 0o777) == oct(graph_file(enc).stat().st_mode & 0o777)
+    data = bytearray(weights.read_bytes())
+    data[-100:] = bytes(100)
+    weights.write_bytes(bytes(data))
+    assert "was changed" in check_export(enc.fingerprint, "text").reason
+    assert fresh(enc.fingerprint)[0] is None
+    assert ensure_export(enc, "text")[0]
+    fast, _ = fresh(enc.fingerprint)
+    assert cosines(fast.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() >= 0.9999
+
+
+def test_an_export_in_an_older_format_is_replaced(own_model):
+    """Exports written before the weights moved to their own file (format 1) are not used, and the next
+    writer replaces them."""
+    _, enc = own_model
+    sidecar = export_dir(enc.fingerprint, "text") / "export.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "format": 1}))
+    assert "current format" in check_export(enc.fingerprint, "text").reason
+    assert fresh(enc.fingerprint)[0] is None
+    assert ensure_export(enc, "text")[0] and fresh(enc.fingerprint)[0] is not None
 
 
 def test_writer_killed_mid_write_leaves_nothing_usable(own_model):
@@ -256,13 +331,16 @@ def test_cache_folder_is_not_a_store_file(shapes_store):
 @pytest.mark.parametrize("argv,allowed", [
     (["--help"], []), (["info", "{store}"], []), (["search", "{store}", "a red circle", "-k", "0"], []),
     (["search", "{store}", "id:3", "--json"], []),
-    (["search", "{store}", "--image", "{image}"], ["onnxruntime"]),
+    (["search", "{store}", "--image", "{image}"], []),
+    (["search", "{store}", "--image", "{new_image}"], ["onnxruntime"]),
 ])
-def test_commands_that_need_no_model_import_no_model_library(shapes_store, argv, allowed):
-    """--help, info, a refused option and an id: query answer without torch, transformers, onnxruntime or
-    pandas (0.3-0.5 s each); an image query with onnxruntime only."""
+def test_commands_that_need_no_model_import_no_model_library(shapes_store, tmp_path, argv, allowed):
+    """--help, info, a refused option, an id: query and a query with a stored image answer without torch,
+    transformers, onnxruntime or pandas (0.3-0.5 s each); a query with a new image with onnxruntime only."""
     image = min((shapes_store.parent / "images").glob("*.png"))
-    argv = [a.format(store=shapes_store, image=image) for a in argv]
+    new_image = tmp_path / "new.png"
+    Image.open(image).rotate(90).save(new_image)
+    argv = [a.format(store=shapes_store, image=image, new_image=new_image) for a in argv]
     code = ("import contextlib, io, json, sys; from pixdex.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
             "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"

@@ -60,7 +60,11 @@ def register(sub) -> None:
     p.set_defaults(func=run_search)
 
 
+QUICK_START_QUERIES = 16  # up to this many queries, open the query models for a fast start, not fast runs
+
+
 def run_search(args) -> int:
+    from indexer.onnx_cache import prefer_quick_start
     from search.filters import all_of, near_filter
     from search.query import Query, Term, parse_query, queries_from_args
     from search.results import format_table, records, write_html
@@ -73,6 +77,8 @@ def run_search(args) -> int:
     if not queries and not args.like:
         raise PixdexError("no query: give QUERY text, --image PATH or --like ID")
     k = args.k if args.k is not None else (None if args.threshold is not None else 10)
+    if len(queries) <= QUICK_START_QUERIES:
+        prefer_quick_start()
     searcher = Searcher(args.store, model=args.model, device=args.device)
     common = {"k": k, "threshold": args.threshold, "where": where, "path_glob": args.path_glob,
               "path_prefix": args.path_prefix, "dedup": args.dedup, "sort": args.sort}
