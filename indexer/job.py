@@ -32,7 +32,7 @@ from indexer.prepare import DecodeSetup, prepared_stream
 from indexer.remote import local_path
 from indexer.remote_store import local_store
 from indexer.sources import check_sources, iter_sources
-from indexer.store import Store, StoreWriter, display_path
+from indexer.store import Store, StoreWriter, display_path, is_store
 
 
 @dataclass
@@ -240,10 +240,16 @@ def _consume(stream, plan: Plan, writer: StoreWriter, batcher: _Batcher, by_hash
             summary.indexed += old is None
 
 
+def stored_model_name(store: str | os.PathLike) -> str | None:
+    """The model a local store records (so re-indexing needs no --model), else None."""
+    path = local_path(str(store))
+    return Store.open(path).model.get("name") or None if is_store(path) else None
+
+
 def index_collection(
     sources: list[str] | str,
     store: str | os.PathLike,
-    model: str | Encoder = DEFAULT_MODEL,
+    model: str | Encoder | None = None,
     device: str = "auto",
     batch_size: int = 64,
     workers: int | None = None,
@@ -260,6 +266,7 @@ def index_collection(
 ) -> IndexSummary:
     """Index `sources` into `store` (created if missing) and bring its FAISS index up to date.
 
+    `model` defaults to the model a local store was built with, and to DEFAULT_MODEL for a new store.
     Files that cannot be decoded go to the store's error table; the job carries on. Returns the summary.
     `store` may be a URL (s3://...): the job runs on a local copy and publishes it at the end.
     engine="ray" decodes and embeds on a Ray cluster (`workers` embedding actors with `gpus_per_worker`
@@ -275,6 +282,8 @@ def index_collection(
     if engine not in ("local", "ray"):
         raise PixdexError(f"unknown engine {engine!r}; choose local or ray")
     specs = check_sources(specs)
+    if model is None:
+        model = stored_model_name(store) or DEFAULT_MODEL
     if not isinstance(model, Encoder):
         check_device(device)
     t0 = time.perf_counter()

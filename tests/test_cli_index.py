@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,23 @@ def test_rerun_prints_a_closing_summary_line(built, photos, tiny_clip):
     res = pixdex("index", photos, "--out", store, "--model", tiny_clip, "--no-progress")
     assert res.returncode == 0, res.stderr
     assert "indexed 0, unchanged 12, updated 0" in res.stdout and "store has 12 items" in res.stdout
+
+
+def test_rerun_without_model_uses_the_stores_model(built, photos, shapes_dir, tmp_path, tiny_clip):
+    """Re-indexing a store needs no --model: new photos are embedded with the model the store was built
+    with (the default model would be refused, or is not even installed)."""
+    store, _ = built
+    work = tmp_path / "s.pixdex"
+    subprocess.run(["cp", "-a", str(store), str(work)], check=True)
+    more = tmp_path / "more"
+    more.mkdir()
+    for p in sorted(shapes_dir.glob("shape_*"))[12:15]:  # photos the store does not hold
+        shutil.copy2(p, more / p.name)
+    res = pixdex("index", photos, more, "--out", work, "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "indexed 3, unchanged 12" in res.stdout
+    info = json.loads(pixdex("info", work, "--json").stdout)
+    assert info["count"] == 15 and info["model"] == str(Path(tiny_clip).resolve())
 
 
 def test_other_model_is_refused_in_one_line(built, photos, tmp_path):

@@ -40,9 +40,12 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
-def add_model_args(p, default: str | None) -> None:
+def add_model_args(p, default: str | None, new_store_default: str | None = None) -> None:
+    """--model (None: the store's own model, or new_store_default for a store not yet made) and --device."""
+    said = (f"default {default}" if default else "default: the store's model"
+            + (f"; {new_store_default} for a new store" if new_store_default else ""))
     p.add_argument("--model", default=default,
-                   help="model: hub id, local save_pretrained folder, or a short name such as shapes-clip"
-                   + (f" (default {default})" if default else " (default: the store's model)"))
+                   help=f"model: hub id, local save_pretrained folder, or a short name such as shapes-clip "
+                   f"({said})")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")

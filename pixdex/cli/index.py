@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="STORE",
                    help="store directory (created if missing), "
                    "or a URL (s3://..., published when the job ends)")
-    add_model_args(p, DEFAULT_MODEL)
+    add_model_args(p, None, new_store_default=DEFAULT_MODEL)
     p.add_argument("--batch-size", type=BATCH_SIZE.arg(), default=64,
                    help="images per model forward pass (default 64)")
     p.add_argument("--workers", type=WORKERS.arg(), default=None,
