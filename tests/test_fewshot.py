@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from classify.fewshot import teach
+from classify.scoring import Scoring
 from classify.tagging import LabelSet, tag_store
 from indexer.encoder import Encoder
 from indexer.store import Store, StoreWriter
@@ -17,6 +18,10 @@ from pixdex.demo import world
 
 SHAPES = list(world.SHAPES)
 PALETTE_TEMPLATE = "a photo of a {} coloured shape."
+
+
+def unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
 
 def truth_by_id(store: Store, labels_csv) -> dict[int, dict]:
@@ -301,3 +306,30 @@ def test_siglip_store_zero_examples_exact_and_taught_fits_its_examples(tmp_path,
     assert rec["scoring"]["family"] == "siglip" and rec["scoring"]["logit_bias"] == pytest.approx(-1.5)
     multi = {r["id"]: r for r in collect(store, labels, mode="multi", examples=pairs)}
     assert np.mean([lab in multi[i]["labels"] for lab, i in pairs]) >= 0.75
+
+
+def test_prompts_that_say_nothing_give_way_to_a_plain_probe():
+    """Label words the embeddings do not show, and the prompts' favourite is the rarest label: with 16
+    examples each the classifier drops the text (record: prior 'none') and stops tagging nearly everything
+    with the prompts' guess, so it is right more often than zero-shot. With fewer than 10 examples the
+    default prior-centred fit stands (cross-validation that small cannot overrule it)."""
+    rng = np.random.default_rng(0)
+    dim, n = 64, 4000
+    mean = unit(rng.standard_normal(dim))
+    y = rng.choice(4, n, p=[0.1, 0.3, 0.3, 0.3])
+    x = unit(mean + 0.5 * unit(rng.standard_normal((n, dim))))  # no label signal at all
+    text = unit(0.2 * rng.standard_normal((4, dim)) + mean)
+    text[0] = unit(text[0] + 0.3 * mean)  # the prompts favour label 0
+    ls = LabelSet(["a", "b", "c", "d"], text.astype(np.float32), Scoring("clip", 100.0), ["{}"])
+    ex = np.concatenate([rng.choice(np.flatnonzero(y == c), 16, replace=False) for c in range(4)])
+    rest = np.setdiff1d(np.arange(n), ex)
+    zero_shot = (x[rest] @ text.T).argmax(axis=1)
+    assert (zero_shot == 0).mean() > 0.6
+    taught = teach(ls, x[ex].astype(np.float32), y[ex])
+    w, _ = taught.weights("single")
+    pred = (x[rest] @ w + taught.offsets("single")).argmax(axis=1)
+    assert taught.info()["prior"] == "none"
+    assert (pred == 0).mean() < 0.5
+    assert (pred == y[rest]).mean() > (zero_shot == y[rest]).mean() + 0.05
+    few = teach(ls, x[ex[::8]].astype(np.float32), y[ex[::8]])
+    assert few.info()["prior"] == "text" and few.info()["strength"] == 1.0
