@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import InvalidValue, PixdexError
+from indexer.store_format import not_a_store
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 _DEVICE = re.compile(r"^(auto|[a-z]+)(?::(\d+))?$")
@@ -225,3 +226,12 @@ output_file_arg = _path_arg(lambda t: check_output_file(t, "file"),
 new_file_arg = _path_arg(lambda t: check_output_file(t, "file", make_parents=True),
                          "argparse `type=` for an output file option whose missing folders are created "
                          "(--html).")
+
+
+def store_arg(text: str) -> str:
+    """An argparse `type=` for an existing store: a local path without a manifest is refused before any
+    import or work (a URL is checked when it is opened)."""
+    problem = "" if "://" in text else not_a_store(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text

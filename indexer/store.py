@@ -54,6 +54,7 @@ from indexer.store_format import (
     embeddings_file,
     errors_file,
     metadata_file,
+    not_a_store,
     referenced_files,
     shard_number,
     tagger_file,
@@ -241,10 +242,9 @@ class Store:
         (StoreDamaged names the first file that is missing or the wrong size).
         """
         path = open_path(path)
-        mf = path / MANIFEST
-        if not mf.is_file():
-            what = "does not exist" if not path.exists() else "is not a pixdex store (no manifest.json)"
-            raise PixdexError(f"store {path} {what}")
+        problem = not_a_store(path)
+        if problem:
+            raise PixdexError(problem)
         for attempt in range(5):
             text = _read_manifest_bytes(path)
             try:

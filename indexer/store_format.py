@@ -19,6 +19,7 @@ Layout (every file immutable once named in the manifest; the manifest is written
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 
@@ -151,3 +152,11 @@ class IndexRecord:
         """A record from a manifest entry (keys this version does not know are left out)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def not_a_store(path: str | os.PathLike) -> str:
+    """Why a local path is no store ("" when it has a manifest): one wording for every command."""
+    if os.path.isfile(os.path.join(path, MANIFEST)):
+        return ""
+    what = "does not exist" if not os.path.exists(path) else f"is not a pixdex store (no {MANIFEST})"
+    return f"store {path} {what}"

@@ -147,8 +147,8 @@ def test_only_store_files_are_served(served, tmp_path):
     assert list((store_dir / "cache" / "thumbs").glob("*.jpg"))
 
 
-def test_serve_binds_loopback_by_default():
+def test_serve_binds_loopback_by_default(tiny_store):
     from pixdex.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "some-store"])
+    args = build_parser().parse_args(["serve", str(tiny_store)])
     assert args.host == "127.0.0.1"

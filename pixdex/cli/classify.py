@@ -15,6 +15,7 @@ from indexer.params import (
     device_arg,
     output_file_arg,
     output_folder_arg,
+    store_arg,
 )
 from pixdex.cli.common import add_model_args, print_json
 
@@ -39,7 +40,7 @@ def register(sub) -> None:
                        description="Tag a whole store against labels without re-encoding an image: "
                        "single-label (top-k, the pipeline's scores) or multi-label (per-label thresholds). "
                        "Writes parquet/CSV/JSONL, tag columns in the store (--save-as), or TSV to stdout.")
-    q.add_argument("store", metavar="STORE")
+    q.add_argument("store", metavar="STORE", type=store_arg)
     add_label_args(q)
     q.add_argument("--mode", choices=["single", "multi"], default="single",
                    help="single: top-k labels per image; multi: every label over its threshold")
@@ -75,7 +76,7 @@ def register(sub) -> None:
                        description="Top-1/top-5 accuracy, per-class precision/recall and a confusion-matrix "
                        "PNG, from stored embeddings. Truth: a CSV with a 'file' column (relative to the CSV) "
                        "and a label column, or a folder-per-class directory.")
-    e.add_argument("store", metavar="STORE")
+    e.add_argument("store", metavar="STORE", type=store_arg)
     e.add_argument("--truth", required=True, help="labels.csv or a folder-per-class directory")
     e.add_argument("--column", default="shape", help="truth column holding the class (default shape)")
     e.add_argument("--labels", default=None, help="candidate labels (default: every value in the truth)")

@@ -10,6 +10,7 @@ from indexer.params import (
     DUP_THRESHOLD,
     PIXEL_TOLERANCE,
     new_file_arg,
+    store_arg,
 )
 from pixdex.cli.common import print_json
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
         "look-alikes that are different photos. Each group names a suggested keeper (largest resolution, "
         "then earliest capture time). Nothing is deleted.",
     )
-    p.add_argument("store", metavar="STORE", help="store directory made by pixdex index")
+    p.add_argument("store", metavar="STORE", type=store_arg, help="store directory made by pixdex index")
     p.add_argument(
         "--threshold",
         type=DUP_THRESHOLD.arg(),

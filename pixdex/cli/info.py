@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from indexer.params import device_arg
+from indexer.params import device_arg, store_arg
 from pixdex.cli.common import print_json
 
 
 def register(sub) -> None:
     q = sub.add_parser("info", help="describe a store: size, model, index, errors")
-    q.add_argument("store", metavar="STORE")
+    q.add_argument("store", metavar="STORE", type=store_arg)
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--errors", action="store_true", help="list files that could not be indexed")
     q.add_argument("--check", action="store_true",

@@ -6,7 +6,7 @@ import re
 import sys
 
 from indexer.errors import PixdexError
-from indexer.params import COSINE, DEDUP, K, new_file_arg
+from indexer.params import COSINE, DEDUP, K, new_file_arg, store_arg
 from pixdex.cli.common import add_model_args, print_json
 
 QUERY_HELP = """\
@@ -31,7 +31,7 @@ def register(sub) -> None:
         "search", help="search a store with text, images, stored items or weighted mixes",
         description="Rank the images in STORE for each query. Scores are cosine similarities.",
         epilog=QUERY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", metavar="STORE", help="store directory made by pixdex index")
+    p.add_argument("store", metavar="STORE", type=store_arg, help="store directory made by pixdex index")
     p.add_argument("queries", nargs="*", metavar="QUERY", help="query (text, image path/URL, id:N, mixes)")
     p.add_argument("-k", "--top", dest="k", type=K.arg(), default=None,
                    help="results per query (default 10; with --threshold: all above it)")

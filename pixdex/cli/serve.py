@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.params import IMAGE_PIXELS, LIMIT, PORT, TIMEOUT, device_arg
+from indexer.params import IMAGE_PIXELS, LIMIT, PORT, TIMEOUT, device_arg, store_arg
 from pixdex.cli.common import size_arg
 
 
@@ -10,7 +10,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a store over HTTP: JSON API and a web page",
                        description="Starts a local web server (127.0.0.1 by default) with a search page and "
                        "a JSON API; OpenAPI docs at /docs.")
-    p.add_argument("store", metavar="STORE")
+    p.add_argument("store", metavar="STORE", type=store_arg)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=PORT.arg(), default=8000)
