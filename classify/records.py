@@ -113,5 +113,6 @@ class SavedTagger:
             f"{r['method']}, {sum(r['examples'].values())} examples"
             + (f", cv accuracy {r['cv_accuracy']:.3f}" if r.get("cv_accuracy") is not None else "")
             + (f", strength {r['strength']:g}"
-               if r.get("strength") is not None and math.isfinite(r["strength"]) else ""))
+               if r.get("strength") is not None and math.isfinite(r["strength"]) else "")
+            + (", label text dropped for a plain probe" if r.get("prior") == "none" else ""))
         return f"{self.name}: {self.mode}-label over {len(self.labels)} labels ({how})"

@@ -192,7 +192,8 @@ class TagSummary:
             return ""
         c = self.classifier
         cv = f", cross-validated accuracy {c['cv_accuracy']:.3f}" if c.get("cv_accuracy") is not None else ""
-        return f", taught by {sum(c['examples'].values())} examples{cv}"
+        probe = "; label text dropped for a plain probe" if c.get("prior") == "none" else ""
+        return f", taught by {sum(c['examples'].values())} examples{cv}{probe}"
 
     def to_dict(self) -> dict:
         return asdict(self)
