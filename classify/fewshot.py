@@ -214,7 +214,7 @@ class Fit:
     cv_accuracy: float | None
     folds: int
     cv: dict = field(default_factory=dict)  # candidate name -> cross-validated accuracy
-    cv_logits: np.ndarray | None = None  # out-of-fold logits at the chosen strength (multi: thresholds)
+    cv_logits: np.ndarray | None = None  # out-of-fold logits, each label at its strength (multi: thresholds)
     prior: str = "text"  # "text": centred on the label text; "none": a plain probe (the text did not help)
     label_strengths: list[float] | None = None  # per label, where its own examples overruled `strength`
 
