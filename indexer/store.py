@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from indexer.atomic import file_digest, probe_digest, save_json, save_npy, save_parquet, sha256_file
@@ -83,7 +82,7 @@ def id_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if arr.null_count or not pa.types.is_integer(arr.type):
         return arr.to_numpy(zero_copy_only=False)
     if arr.type != pa.int64():
-        arr = pc.cast(arr, pa.int64())
+        arr = arr.cast(pa.int64())
     return np.frombuffer(arr.buffers()[1], np.int64, count=len(arr), offset=arr.offset * 8)
 
 
@@ -543,6 +542,8 @@ class Store:
                 table = _with_photo_columns(table)
             table, self._real_paths = _pop_raw_paths(table)
             if len(self._deleted):
+                import pyarrow.compute as pc  # not at the top: `pixdex info` needs no compute kernels
+
                 table = table.filter(pc.invert(pc.is_in(table["id"], pa.array(self._deleted))))
             for name, file in sorted((self.manifest.get("tags") or {}).items()):
                 table = _left_join_by_id(table, self._read_tags_file(file))
@@ -597,6 +598,8 @@ class Store:
         """One item's metadata as a dict."""
         self.locate([id])
         table = self.metadata()
+        import pyarrow.compute as pc
+
         row = table.filter(pc.equal(table["id"], int(id)))
         return {k: v[0] for k, v in row.to_pydict().items()}
 
@@ -641,6 +644,8 @@ class Store:
     def ids_with_content(self, digests: Iterable[str]) -> dict[str, int]:
         """sha256 of a file's bytes -> the id of a live item stored with exactly those bytes (the lowest id
         when copies are stored), for the digests the store holds. Reads only the id and sha256 columns."""
+        import pyarrow.compute as pc  # not at the top: `pixdex info` needs no compute kernels
+
         want = string_array(sorted(set(digests)))
         found: dict[str, int] = {}
         if not len(want):
