@@ -142,6 +142,11 @@ def prefer_quick_start() -> None:
     _QUICK_START = True
 
 
+def quick_start_preferred() -> bool:
+    """Whether this process said it answers a query or two and exits (prefer_quick_start)."""
+    return _QUICK_START
+
+
 def session(path: Path, threads: int = 1, quick_start: bool | None = None):
     """An onnxruntime session for a few queries at a time, without spinning threads (a busy machine pays
     5-10x for spinning; see search.encoding.torch_threads).

@@ -21,12 +21,15 @@ from indexer.errors import InvalidType, InvalidValue, PixdexError
 from indexer.ids import describe
 from indexer.image_onnx import load_image_encoder
 from indexer.inputs import image_file_of, read_image_file
-from indexer.onnx_cache import CANNOT, fast_path_enabled
+from indexer.onnx_cache import CANNOT, fast_path_enabled, quick_start_preferred
 from indexer.store import Store
 from indexer.text_onnx import load_text_encoder
 from search.query import Query
 
 SMALL_BATCH = 8  # up to this many queries are encoded on one torch thread
+# Up to this many stored items, reading their sha256 column to find a query image among them costs less than
+# running a vision tower once (~0.05 s per 100,000 items; ViT-B/32's tower: ~0.08 s on 2 cores).
+CHEAP_LOOKUP_ITEMS = 100_000
 
 
 class QueryEncoder:
@@ -85,7 +88,7 @@ class QueryEncoder:
     def encode_images(self, store: Store, images: list[Any]) -> np.ndarray:
         """Image query vectors: a stored image's own vector when the query is a file (or upload) with the
         same bytes, else the fast path when the store's model has a checked export, else transformers."""
-        stored = stored_images(store, images) if fast_path_enabled() else {}
+        stored = stored_images(store, images) if self._lookup_pays(store) else {}
         if not stored:
             return self._encode_images(store, images)
         out = np.zeros((len(images), store.dim), np.float32)
@@ -95,6 +98,16 @@ class QueryEncoder:
         if rest:
             out[rest] = self._encode_images(store, [images[i] for i in rest])
         return out
+
+    def _lookup_pays(self, store: Store) -> bool:
+        """Look query images up among the stored ones (stored_images) when that is cheaper than encoding
+        them: its table is read already or small; a long-lived process reads it once per snapshot; a
+        one-shot query on a big store only when the alternative is transformers (seconds)."""
+        if not fast_path_enabled():
+            return False
+        if store.content_table_loaded or store.count <= CHEAP_LOOKUP_ITEMS or not quick_start_preferred():
+            return True
+        return self.fast_encoder(store, "image") is None
 
     def _encode_images(self, store: Store, images: list[Any]) -> np.ndarray:
         fast = self.fast_encoder(store, "image")
@@ -175,7 +188,7 @@ class QueryEncoder:
 def stored_images(store: Store, images: Sequence[Any]) -> dict[int, int]:
     """Query images (files, uploaded bytes) byte-identical to a stored image -> that item's id: its stored
     vector is the embedding the model gives these bytes, so no model has to load (a cold image query on a
-    ViT-L/14 store then costs what an `id:` query does)."""
+    ViT-L/14 store then costs what an `id:` query does). See QueryEncoder._lookup_pays for when."""
     digests: dict[int, str] = {}
     for i, item in enumerate(images):
         data = _local_bytes(item)

@@ -146,6 +146,25 @@ def test_a_stored_image_as_query_answers_from_its_stored_vector(shapes_store, tm
     assert both[1][0].id == ident and both[0][0].id != ident
 
 
+def test_a_one_shot_query_on_a_big_store_encodes_rather_than_scans(shapes_store, monkeypatch):
+    """Past CHEAP_LOOKUP_ITEMS a one-shot (CLI) query does not read the store's sha256 column to find its
+    image (the vision tower is cheaper); a long-lived Searcher reads it once and answers from it."""
+    import indexer.onnx_cache as onnx_cache
+    import search.encoding as encoding
+
+    stored = sorted((shapes_store.parent / "images").glob("*.png"))[2]
+    monkeypatch.setattr(encoding, "CHEAP_LOOKUP_ITEMS", 10)
+    monkeypatch.setattr(onnx_cache, "_QUICK_START", True)
+    one_shot = Searcher(shapes_store)
+    hits = one_shot.search_image(stored, k=3)
+    assert not one_shot.store.content_table_loaded and one_shot.fast_encoder("image") is not None
+    assert hits[0].id == one_shot.id_for_path(str(stored))  # encoded: still finds itself first
+    monkeypatch.setattr(onnx_cache, "_QUICK_START", False)
+    server = Searcher(shapes_store)
+    assert server.search_image(stored, k=3)[0].id == hits[0].id
+    assert server.store.content_table_loaded
+
+
 def test_the_transformers_path_encodes_stored_images_too(shapes_store):
     """PIXDEX_FAST=0 is the reference path: every query image goes through the model."""
     stored = sorted((shapes_store.parent / "images").glob("*.png"))[0]

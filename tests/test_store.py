@@ -209,3 +209,25 @@ def test_old_snapshot_stays_readable_until_the_next_writer_session_ends(tmp_path
         w.record_error("/worse.jpg", "truncated", 3, 1.0)
     assert old.errors()["path"].to_pylist() == ["/bad.jpg"]  # its file was retained
     assert Store.open(path).errors()["path"].to_pylist() == ["/worse.jpg"]
+
+
+def test_items_are_found_by_the_sha256_of_their_bytes(tmp_path):
+    """ids_with_content: the lowest live id holding those bytes, across shards; removed items, unknown and
+    malformed digests are not found; digests sharing their first 8 bytes are told apart."""
+    import hashlib
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    twin = sha("a")[:16] + sha("b")[16:]  # same 8-byte prefix as sha("a"), other bytes
+    digests = [sha("a"), sha("b"), sha("a"), twin, sha("c"), sha("d"), "not-a-digest"]
+    with StoreWriter(tmp_path / "s", INFO, shard_rows=3) as w:
+        w.append([{**r, "sha256": d} for r, d in zip(rows([f"/p/{i}.jpg" for i in range(7)]), digests)],
+                 unit_rows(7))
+        w.delete([4])  # sha("c") removed
+    store = Store.open(tmp_path / "s")
+    assert not store.content_table_loaded
+    found = store.ids_with_content([sha("a"), sha("b"), twin, sha("c"), sha("d"), sha("zzz"), "not-a-digest"])
+    assert found == {sha("a"): 0, sha("b"): 1, twin: 3, sha("d"): 5}
+    assert store.content_table_loaded  # later lookups use the table kept with this snapshot
+    assert store.ids_with_content([twin, sha("a")]) == {twin: 3, sha("a"): 0}
