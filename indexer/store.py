@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from indexer.arrow_values import id_array, int64_array
 from indexer.atomic import file_digest, probe_digest, save_json, save_npy, save_parquet, sha256_file
 from indexer.errors import (
     InvalidType,
@@ -76,27 +77,10 @@ PATH_CACHE_SHARDS = 16  # shards whose path columns a Store keeps in memory (4,0
 MODEL_KEY = b"pixdex.model"  # metadata parquet files carry the model record (repair without a manifest)
 
 
-def id_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """An id column as int64 numpy. pyarrow's to_numpy and pa.array import pandas (0.3-0.5 s, a cold
-    query's whole budget), so the hot paths read and build int64 arrays from their buffers."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if arr.null_count or not pa.types.is_integer(arr.type):
-        return arr.to_numpy(zero_copy_only=False)
-    if arr.type != pa.int64():
-        arr = arr.cast(pa.int64())
-    return np.frombuffer(arr.buffers()[1], np.int64, count=len(arr), offset=arr.offset * 8)
-
-
 def sorted_unique(values) -> np.ndarray:
     """np.unique(values) without importing numpy.ma (np.unique does: ~40 ms of a cold query)."""
     a = np.sort(np.asarray(values).ravel())
     return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
-
-
-def int64_array(values: np.ndarray) -> pa.Array:
-    """Integers as an arrow int64 array, straight from the numpy buffer (pa.array imports pandas)."""
-    buf = np.ascontiguousarray(values, np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(buf), [None, pa.py_buffer(buf)])
 
 
 def _hex_prefix(digest: str) -> np.uint64 | None:

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from indexer.arrow_values import id_array
 from indexer.faiss_index import exact_search, index_family, ivf_of, rescore_depth
-from indexer.store import Store, id_array
+from indexer.store import Store
 from search.filters import parse_filter, path_mask
 from search.hits import rescore
 

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indexer.arrow_values import array, bool_array, bool_numpy, float_numpy, id_array, scalar
 from indexer.errors import InvalidType, LimitExceeded, PixdexError
 
 MAX_FILTER_CHARS = 10_000  # an IN list of ~1,000 ids fits; a 1.4 MB filter once cost 7 s of CPU
@@ -369,7 +370,7 @@ class Filter:
         result = self._eval(self.tree, table)
         if isinstance(result, np.ndarray):
             return result
-        return np.asarray(pc.fill_null(result, False).to_numpy(zero_copy_only=False), dtype=bool)
+        return bool_numpy(result)
 
     # each node evaluates to a boolean pyarrow array (nulls allowed) or a numpy bool mask
     def _eval(self, node, table: pa.Table):
@@ -398,7 +399,7 @@ class Filter:
 
     @staticmethod
     def _as_arrow(x):
-        return pa.array(x) if isinstance(x, np.ndarray) else x
+        return bool_array(x) if isinstance(x, np.ndarray) else x
 
     def _type_error(self, at, what: str) -> PixdexError:
         return _error(self.text, at.pos, what)
@@ -422,8 +423,8 @@ class Filter:
             return self._compare(Compare(flip.get(node.op, node.op), right, left), table)
         fn = getattr(pc, node.op)
         if isinstance(left, Literal):  # two literals: a constant
-            return pa.array([bool(fn(pa.scalar(left.value), pa.scalar(right.value)).as_py())]
-                            * table.num_rows)
+            same = bool(fn(scalar(left.value), scalar(right.value)).as_py())
+            return bool_array(np.full(table.num_rows, same))
         col = self._column(left, table)
         if _is_list(col.type):
             rhs = self._operand(right, table, col.type.value_type)
@@ -439,15 +440,14 @@ class Filter:
 
     def _match(self, node: Match, table: pa.Table):
         subj = node.subject
-        col = self._column(subj, table) if isinstance(subj, Column) else pa.array(
+        col = self._column(subj, table) if isinstance(subj, Column) else array(
             [subj.value] * table.num_rows)
         elem_type = col.type.value_type if _is_list(col.type) else col.type
         if node.how == "null":
             out = pc.is_null(col)
             return pc.invert(out) if node.negate else out
         if node.how == "in":
-            values = [_scalar(lit, elem_type, self).as_py() for lit in node.arg]
-            value_set = pa.array(values, type=elem_type)
+            value_set = _value_set([_scalar(lit, elem_type, self) for lit in node.arg], elem_type)
 
             def fn(a):
                 return pc.is_in(a, value_set=value_set)
@@ -470,6 +470,18 @@ class Filter:
         return pc.invert(out) if node.negate else out
 
 
+def _value_set(values: list[pa.Scalar], elem_type: pa.DataType) -> pa.Array:
+    """IN (...) values as one array of the column's type; a value the type cannot hold (1.5 for whole
+    numbers) can match nothing, so it is left out."""
+    parts = []
+    for v in values:
+        try:
+            parts.append(pa.repeat(v, 1).cast(elem_type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return pa.concat_arrays(parts) if parts else pa.nulls(0, elem_type)
+
+
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
@@ -478,8 +490,8 @@ def _any_element(col, fn) -> np.ndarray:
     """True for rows of a list column where fn holds for at least one element."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     flat = pc.list_flatten(col)
-    parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
-    hit = np.asarray(pc.fill_null(fn(flat), False).to_numpy(zero_copy_only=False), dtype=bool)
+    parents = id_array(pc.list_parent_indices(col))
+    hit = bool_numpy(fn(flat))
     out = np.zeros(len(col), dtype=bool)
     out[parents[hit]] = True
     return out
@@ -487,8 +499,8 @@ def _any_element(col, fn) -> np.ndarray:
 
 def _null_where_null(col, out):
     """SQL semantics: a test on a missing value is unknown (null), so NOT does not turn it true."""
-    out = pa.array(out) if isinstance(out, np.ndarray) else out
-    return pc.if_else(pc.is_null(col), pa.scalar(None, pa.bool_()), out)
+    out = bool_array(out) if isinstance(out, np.ndarray) else out
+    return pc.if_else(pc.is_null(col), scalar(None, pa.bool_()), out)
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -503,22 +515,22 @@ def _scalar(lit: Literal, col_type: pa.DataType | None, f: Filter) -> pa.Scalar:
     """A literal as a pyarrow scalar of a type comparable with col_type (or a clear type error)."""
     v = lit.value
     if col_type is None or v is None:
-        return pa.scalar(v)
+        return scalar(v)
     if _is_text(col_type):
         if not isinstance(v, str):
             raise f._type_error(lit, f"this column holds text: quote the value ('{v}')")
-        return pa.scalar(v, col_type)
+        return scalar(v, col_type)
     if _is_number(col_type):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise f._type_error(lit, f"this column holds numbers ({col_type}): use a number, not {v!r}")
-        return pa.scalar(v)
+        return scalar(v)
     if pa.types.is_boolean(col_type):
         if not isinstance(v, bool):
             raise f._type_error(lit, "this column holds TRUE/FALSE values")
-        return pa.scalar(v)
+        return scalar(v)
     if pa.types.is_timestamp(col_type):
         return _timestamp(lit, col_type, f)
-    return pa.scalar(v)
+    return scalar(v)
 
 
 def _timestamp(lit: Literal, col_type: pa.DataType, f: Filter) -> pa.Scalar:
@@ -529,7 +541,7 @@ def _timestamp(lit: Literal, col_type: pa.DataType, f: Filter) -> pa.Scalar:
         text = (text + "-01-01" if re.fullmatch(r"\d{4}", text)
                 else text + "-01" if re.fullmatch(r"\d{4}-\d{2}", text) else text)
         try:
-            return pc.cast(pa.scalar(text), col_type)
+            return pc.cast(scalar(text), col_type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     raise f._type_error(lit, f"this column holds times: use a quoted date such as '2024-06-01' or "
@@ -541,15 +553,13 @@ EARTH_KM = 6371.0088  # mean Earth radius
 
 def _near(node: Near, lat, lon) -> pa.Array:
     """Rows within node.km of (node.lat, node.lon), by great-circle (haversine) distance; null without GPS."""
-    la = np.radians(np.asarray(pc.fill_null(pc.cast(lat, pa.float64()), np.nan)
-                               .to_numpy(zero_copy_only=False)))
-    lo = np.radians(np.asarray(pc.fill_null(pc.cast(lon, pa.float64()), np.nan)
-                               .to_numpy(zero_copy_only=False)))
+    la = np.radians(float_numpy(lat))
+    lo = np.radians(float_numpy(lon))
     qa, qo = math.radians(node.lat), math.radians(node.lon)
     h = np.sin((la - qa) / 2) ** 2 + math.cos(qa) * np.cos(la) * np.sin((lo - qo) / 2) ** 2
     km = 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
     known = np.isfinite(km)
-    return pa.array(np.where(known, km <= node.km, False), mask=~known)
+    return bool_array(np.where(known, km <= node.km, False), known)
 
 
 def _check_comparable(f: Filter, left: Column, lt: pa.DataType, right: Column, rt: pa.DataType) -> None:
@@ -571,11 +581,9 @@ def path_mask(paths: pa.ChunkedArray | pa.Array, glob: str | None = None,
     """Rows whose path matches a shell glob (* crosses '/') and/or starts with a prefix."""
     keep = np.ones(len(paths), dtype=bool)
     if glob:
-        keep &= np.asarray(pc.fill_null(pc.match_substring_regex(paths, glob_to_regex(glob)), False)
-                           .to_numpy(zero_copy_only=False), dtype=bool)
+        keep &= bool_numpy(pc.match_substring_regex(paths, glob_to_regex(glob)))
     if prefix:
-        keep &= np.asarray(pc.fill_null(pc.starts_with(paths, prefix), False).to_numpy(zero_copy_only=False),
-                           dtype=bool)
+        keep &= bool_numpy(pc.starts_with(paths, prefix))
     return keep
 
 

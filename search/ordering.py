@@ -14,6 +14,7 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 
+from indexer.arrow_values import id_array, int64_array
 from indexer.errors import PixdexError
 from indexer.store import Store
 
@@ -66,12 +67,12 @@ def column_values(store: Store, ids: Sequence[int], columns: Sequence[str]) -> l
     if not columns or not len(ids):
         return [{} for _ in ids]
     meta = store.metadata()
-    all_ids = meta["id"].to_numpy()
+    all_ids = id_array(meta["id"])
     pos = np.searchsorted(all_ids, np.asarray(ids, np.int64))  # metadata rows are in id order
     wanted = list(columns) + (
         ["taken_offset"] if "taken" in columns and "taken_offset" in meta.column_names else []
     )
-    picked = meta.select(wanted).take(pa.array(pos)).to_pylist()
+    picked = meta.select(wanted).take(int64_array(pos)).to_pylist()
     out = []
     for row in picked:
         values = {c: _plain(row[c]) for c in columns}
