@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 
-def _one_chunk(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+def one_chunk(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     """A chunked column as one array (combine_chunks of no chunks imports pandas)."""
     if not isinstance(column, pa.ChunkedArray):
         return column
@@ -34,7 +34,7 @@ def validity(arr: pa.Array) -> np.ndarray | None:
 
 def id_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """An id column (integers without nulls) as int64 numpy; anything else as pyarrow converts it."""
-    arr = _one_chunk(column)
+    arr = one_chunk(column)
     if arr.null_count or not pa.types.is_integer(arr.type):
         return arr.to_numpy(zero_copy_only=False)
     if arr.type != pa.int64():
@@ -62,7 +62,7 @@ def bool_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
 
 def bool_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A boolean column as a numpy mask; nulls count as False."""
-    arr = _one_chunk(column)
+    arr = one_chunk(column)
     if len(arr) == 0:
         return np.zeros(0, bool)
     bits = np.frombuffer(arr.buffers()[1], np.uint8)
@@ -73,7 +73,7 @@ def bool_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def float_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A numeric column as float64 numpy; nulls become NaN."""
-    arr = _one_chunk(column)
+    arr = one_chunk(column)
     if arr.type != pa.float64():
         arr = arr.cast(pa.float64())
     if len(arr) == 0:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.arrow_values import id_array, int64_array
+from indexer.arrow_values import id_array, int64_array, one_chunk, validity
 from indexer.atomic import file_digest, probe_digest, save_json, save_npy, save_parquet, sha256_file
 from indexer.errors import (
     InvalidType,
@@ -97,18 +97,18 @@ def _hex_prefixes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """_hex_prefix of every row of a string column, read from its buffers (no Python strings), and which
     rows hold a 64-character lower-case hex digest."""
     n = len(column)
-    if n == 0:  # (combine_chunks of no chunks imports pandas)
+    if n == 0:
         return np.zeros(0, np.uint64), np.zeros(0, bool)
-    arr = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    arr = one_chunk(column)
     if arr.type != pa.string():
         arr = arr.cast(pa.string())
     offsets = np.frombuffer(arr.buffers()[1], np.int32, count=n + 1, offset=arr.offset * 4)
     body = arr.buffers()[2]
     data = np.frombuffer(body, np.uint8) if body is not None else np.zeros(0, np.uint8)
     ok = (offsets[1:] - offsets[:-1]) == 64
-    if arr.null_count:
-        ok &= np.unpackbits(np.frombuffer(arr.buffers()[0], np.uint8), bitorder="little",
-                            count=arr.offset + n)[arr.offset:].astype(bool)
+    valid = validity(arr)
+    if valid is not None:
+        ok &= valid
     starts = np.where(ok, offsets[:-1], 0)
     chars = data[starts[:, None] + np.arange(16)] if len(data) >= 16 else np.zeros((n, 16), np.uint8)
     digit = np.where(chars >= 97, chars - 87, chars - 48).astype(np.uint64)  # '0'-'9', 'a'-'f'
@@ -563,14 +563,18 @@ class Store:
             self._meta = table
         return self._meta
 
-    def _read_tags_file(self, rel: str) -> pa.Table:
+    def _read_table(self, rel: str) -> pa.Table:
+        """A whole parquet file of the store, probed; missing or unreadable ones name the file."""
         self.probe(rel)
         try:
-            tags = pq.read_table(self.path / rel)
+            return pq.read_table(self.path / rel)
         except FileNotFoundError:
             raise self.missing(rel) from None
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise self.damaged(rel, f"not a readable parquet file ({_first_line(exc)})") from None
+
+    def _read_tags_file(self, rel: str) -> pa.Table:
+        tags = self._read_table(rel)
         if "id" not in tags.column_names or tags["id"].type != pa.int64():
             raise self.damaged(rel, "has no int64 'id' column")
         return tags
@@ -734,13 +738,7 @@ class Store:
         name = self.manifest.get("errors")
         if not name:
             return ERROR_SCHEMA.empty_table()
-        self.probe(name)
-        try:
-            table = pq.read_table(self.path / name)
-        except FileNotFoundError:
-            raise self.missing(name) from None
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise self.damaged(name, f"not a readable parquet file ({_first_line(exc)})") from None
+        table = self._read_table(name)
         if any(c not in table.column_names for c in ERROR_SCHEMA.names):
             raise self.damaged(name, "is not an error table")
         return table

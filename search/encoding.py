@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from indexer.errors import InvalidType, InvalidValue, PixdexError
 from indexer.ids import describe
 from indexer.image_onnx import load_image_encoder
-from indexer.inputs import image_file_of, read_image_file
+from indexer.inputs import input_bytes
 from indexer.onnx_cache import CANNOT, fast_path_enabled, quick_start_preferred
 from indexer.store import Store
 from indexer.text_onnx import load_text_encoder
@@ -201,15 +201,12 @@ def stored_images(store: Store, images: Sequence[Any]) -> dict[int, int]:
 
 
 def _local_bytes(item: Any) -> bytes | None:
-    """The bytes of an uploaded image or a local image file; None for URLs, PIL images and anything that
-    cannot be read (the encoder then reports it)."""
-    if isinstance(item, (bytes, bytearray)):
-        return bytes(item)
-    path = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
-    if path is None or image_file_of(path) is None:
+    """The bytes of a query image that is not a URL or a PIL image (a file, an upload, base64); None when
+    they cannot be read (the encoder then reports why)."""
+    if isinstance(item, str) and item.startswith(("http://", "https://")) or isinstance(item, Image.Image):
         return None
     try:
-        return read_image_file(path)
+        return input_bytes(item)[0]
     except PixdexError:
         return None
 
