@@ -50,6 +50,22 @@ def int64_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), len(buf), [None, pa.py_buffer(buf)])
 
 
+SMALL_TAKE = 256  # up to this many positions, take() gathers by slicing
+
+
+def take(arr: pa.Array, positions: np.ndarray) -> pa.Array:
+    """arr[positions] as one array. A few positions (a query's top k paths) are gathered by slicing,
+    which needs no compute kernels: Array.take imports pyarrow.compute, 0.06 s of a cold query."""
+    positions = np.asarray(positions, np.int64)
+    if len(positions) > SMALL_TAKE:
+        return arr.take(int64_array(positions))
+    if len(positions) and (positions.min() < 0 or positions.max() >= len(arr)):
+        raise IndexError(f"position out of range for an array of {len(arr)}")
+    if not len(positions):
+        return arr.slice(0, 0)
+    return pa.concat_arrays([arr.slice(int(i), 1) for i in positions])
+
+
 def bool_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
     """A numpy bool mask as an arrow bool array; rows where `valid` is False are null."""
     values = np.asarray(values, bool)

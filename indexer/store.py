@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.arrow_values import id_array, int64_array, one_chunk, validity
+from indexer.arrow_values import id_array, one_chunk, take, validity
 from indexer.atomic import file_digest, probe_digest, save_json, save_npy, save_parquet, sha256_file
 from indexer.errors import (
     InvalidType,
@@ -630,15 +630,15 @@ class Store:
         if not len(shard):
             return pa.nulls(0, pa.string())
         if (shard == shard[0]).all():  # one shard: the common case for a tagging block
-            return self.shard_paths(int(shard[0])).take(int64_array(rows))
+            return take(self.shard_paths(int(shard[0])), rows)
         parts, where = [], []
         for k in sorted_unique(shard):
             sel = np.flatnonzero(shard == k)
-            parts.append(self.shard_paths(int(k)).take(int64_array(rows[sel])))
+            parts.append(take(self.shard_paths(int(k)), rows[sel]))
             where.append(sel)
         order = np.empty(len(shard), np.int64)
         order[np.concatenate(where)] = np.arange(len(shard))
-        return pa.concat_arrays(parts).take(int64_array(order))
+        return take(pa.concat_arrays(parts), order)
 
     def shard_paths(self, k: int) -> pa.Array:
         """Shard k's path column, indexed by row; the last PATH_CACHE_SHARDS shards read are kept."""
@@ -850,11 +850,11 @@ def _left_join_by_id(table: pa.Table, tags: pa.Table) -> pa.Table:
     """Add tag columns to table by id (missing ids get nulls), keeping table's order."""
     tag_ids = tags["id"].to_numpy()
     pos = {int(i): k for k, i in enumerate(tag_ids)}
-    take = pa.array([pos.get(int(i)) for i in table["id"].to_numpy()], pa.int64())
+    rows = pa.array([pos.get(int(i)) for i in table["id"].to_numpy()], pa.int64())
     for name in tags.column_names:
         if name == "id":
             continue
-        col = tags[name].take(take)
+        col = tags[name].take(rows)
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, col)
         else:

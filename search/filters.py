@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from indexer.arrow_values import array, bool_array, bool_numpy, float_numpy, id_array, scalar
 from indexer.errors import InvalidType, LimitExceeded, PixdexError
@@ -374,6 +373,8 @@ class Filter:
 
     # each node evaluates to a boolean pyarrow array (nulls allowed) or a numpy bool mask
     def _eval(self, node, table: pa.Table):
+        import pyarrow.compute as pc  # on first use: a query without filters needs no compute kernels
+
         if isinstance(node, BoolOp):
             parts = [self._as_arrow(self._eval(a, table)) for a in node.args]
             if node.op == "not":
@@ -416,6 +417,8 @@ class Filter:
         return _scalar(v, other_type, self)
 
     def _compare(self, node: Compare, table: pa.Table):
+        import pyarrow.compute as pc
+
         left, right = node.left, node.right
         if isinstance(left, Literal) and isinstance(right, Column):  # 3 < width  ->  width > 3
             flip = {"less": "greater", "greater": "less", "less_equal": "greater_equal",
@@ -439,6 +442,8 @@ class Filter:
                                    f"{str(exc).splitlines()[0]}") from None
 
     def _match(self, node: Match, table: pa.Table):
+        import pyarrow.compute as pc
+
         subj = node.subject
         col = self._column(subj, table) if isinstance(subj, Column) else array(
             [subj.value] * table.num_rows)
@@ -488,6 +493,8 @@ def _is_list(t: pa.DataType) -> bool:
 
 def _any_element(col, fn) -> np.ndarray:
     """True for rows of a list column where fn holds for at least one element."""
+    import pyarrow.compute as pc
+
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     flat = pc.list_flatten(col)
     parents = id_array(pc.list_parent_indices(col))
@@ -499,6 +506,8 @@ def _any_element(col, fn) -> np.ndarray:
 
 def _null_where_null(col, out):
     """SQL semantics: a test on a missing value is unknown (null), so NOT does not turn it true."""
+    import pyarrow.compute as pc
+
     out = bool_array(out) if isinstance(out, np.ndarray) else out
     return pc.if_else(pc.is_null(col), scalar(None, pa.bool_()), out)
 
@@ -535,6 +544,8 @@ def _scalar(lit: Literal, col_type: pa.DataType | None, f: Filter) -> pa.Scalar:
 
 def _timestamp(lit: Literal, col_type: pa.DataType, f: Filter) -> pa.Scalar:
     """A quoted date or date-time as a timestamp scalar ('2024', '2024-06' mean their first day)."""
+    import pyarrow.compute as pc
+
     v = lit.value
     if isinstance(v, str):
         text = v.strip()
@@ -579,6 +590,8 @@ def parse_filter(text: str) -> Filter:
 def path_mask(paths: pa.ChunkedArray | pa.Array, glob: str | None = None,
               prefix: str | None = None) -> np.ndarray:
     """Rows whose path matches a shell glob (* crosses '/') and/or starts with a prefix."""
+    import pyarrow.compute as pc
+
     keep = np.ones(len(paths), dtype=bool)
     if glob:
         keep &= bool_numpy(pc.match_substring_regex(paths, glob_to_regex(glob)))

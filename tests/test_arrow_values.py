@@ -21,6 +21,7 @@ from indexer.arrow_values import (
     int64_array,
     scalar,
     string_array,
+    take,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,29 @@ def test_numpy_round_trips_keep_nulls_and_offsets():
     assert string_array(["a", "bc"]).equals(pa.array(["a", "bc"]))
     with pytest.raises(TypeError, match="mixed"):
         array([1, "a"])
+
+
+def test_take_gathers_like_pyarrows_take():
+    paths = pa.chunked_array([["a", None], ["ünï", "", "e" * 300]]).combine_chunks().slice(1)
+    for positions in ([3, 0, 0, 2], [], list(range(4)) * 100):  # a few (by slicing) and many (Array.take)
+        got = take(paths, np.array(positions))
+        assert got.equals(paths.take(pa.array(positions, pa.int64()))) and got.type == paths.type
+    for bad in ([4], [-1]):
+        with pytest.raises(IndexError):
+            take(paths, np.array(bad))
+
+
+def test_a_plain_query_does_not_import_compute_kernels(shapes_store):
+    """A cold `pixdex search STORE id:3` (and a stored image) needs no pyarrow.compute (0.06 s to import)."""
+    code = ("import json, sys; from pixdex.cli import main\nmain(sys.argv[1:])\n"
+            "print(json.dumps(sorted(m for m in ('pyarrow.compute', 'urllib.request') if m in sys.modules)))")
+    image = sorted(Path(shapes_store).parent.rglob("*.png"))[0]
+    for query in ("id:3", str(image)):
+        argv = ["search", str(shapes_store), query, "--paths-only", "-k", "5"]
+        out = subprocess.run([sys.executable, "-c", code, *argv], check=True, capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = out.stdout.strip().splitlines()
+        assert json.loads(lines[-1]) == [] and len(lines) == 6, query
 
 
 def test_a_filtered_sorted_query_does_not_import_pandas(shapes_store):
