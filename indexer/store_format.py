@@ -19,6 +19,7 @@ Layout (every file immutable once named in the manifest; the manifest is written
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -160,3 +161,14 @@ def not_a_store(path: str | os.PathLike) -> str:
         return ""
     what = "does not exist" if not os.path.exists(path) else f"is not a pixdex store (no {MANIFEST})"
     return f"store {path} {what}"
+
+
+def recorded_fingerprint(path: str | os.PathLike) -> str:
+    """The model fingerprint a local store's manifest records, "" when it cannot be read: for work that may
+    start before the store is opened and checked (Store.open reports what is wrong)."""
+    try:
+        with open(os.path.join(path, MANIFEST), "rb") as f:
+            fingerprint = json.load(f)["model"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return fingerprint if isinstance(fingerprint, str) else ""

@@ -65,12 +65,13 @@ QUICK_START_QUERIES = 16  # up to this many queries, open the query models for a
 
 def run_search(args) -> int:
     from indexer.onnx_cache import prefer_quick_start
-    from search.filters import all_of, near_filter
     from search.query import Query, Term, parse_query, queries_from_args
-    from search.results import format_table, records, write_html
-    from search.searcher import Searcher
 
-    where = all_of(args.where, near_filter(args.near) if args.near else None)
+    where = None
+    if args.where or args.near:  # a bad filter is refused before any work starts
+        from search.filters import all_of, near_filter
+
+        where = all_of(args.where, near_filter(args.near) if args.near else None)
     texts = queries_from_args(args.queries)
     queries = [parse_query(t) for t in texts]
     queries += [Query((Term("image", path),), label=path) for path in args.image]
@@ -79,6 +80,11 @@ def run_search(args) -> int:
     k = args.k if args.k is not None else (None if args.threshold is not None else 10)
     if len(queries) <= QUICK_START_QUERIES:
         prefer_quick_start()
+        encode_files_ahead(args.store, queries)
+
+    from search.results import format_table, records, write_html
+    from search.searcher import Searcher
+
     searcher = Searcher(args.store, model=args.model, device=args.device)
     common = {"k": k, "threshold": args.threshold, "where": where, "path_glob": args.path_glob,
               "path_prefix": args.path_prefix, "dedup": args.dedup, "sort": args.sort}
@@ -102,3 +108,17 @@ def run_search(args) -> int:
         out = write_html(args.html, labels, results, searcher.store)
         print(f"pixdex search: wrote {out}", file=sys.stderr)
     return 0
+
+
+def encode_files_ahead(store: str, queries: list) -> None:
+    """Image files among a few queries start encoding now, on a background thread, while this process
+    imports and opens the store (indexer.image_onnx.encode_files_ahead): 0.1 s of a cold query."""
+    files = [t.value for q in queries for t in q.terms if t.kind == "image" and isinstance(t.value, str)]
+    if not files:
+        return
+    from indexer.image_onnx import encode_files_ahead as start
+    from indexer.store_format import recorded_fingerprint
+
+    fingerprint = recorded_fingerprint(store)
+    if fingerprint:
+        start(fingerprint, files)
