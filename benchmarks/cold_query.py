@@ -82,8 +82,7 @@ def prepare(name: str, work: Path, images: int, cache: Path) -> tuple[Path, str]
         if not Path(model, "config.json").exists():
             save_random(name, Path(model))
     store = work / f"{name}.pixdex"
-    if not store.exists():
-        index_collection([str(coll)], store, model=model, progress=False)
+    index_collection([str(coll)], store, model=model, progress=False)  # again: rewrites outdated exports
     return store, model
 
 

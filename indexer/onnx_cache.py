@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT = 2  # 2: weights in a separate file beside the graph (memory-mapped at load, see session())
+# 2: weights in a separate file beside the graph (memory-mapped at load, see session());
+# 3: the graph as onnxruntime's extended optimisations leave it, when that is as exact (onnx_export._fused)
+FORMAT = 3
 SIDECAR = "export.json"
 TOWERS = ("text", "image")
 FILE_PARTS = ("graph", "weights", "tokenizer")  # sidecar entries that name a file

@@ -9,6 +9,8 @@ Encoder.encode_images (the model's own processor) within MIN_COSINE. A model tha
 that says so (its queries keep transformers, without a retry on every query until its files change).
 Each graph is published as two files: the graph and, beside it, its weights (ONNX external data), which
 onnxruntime memory-maps instead of copying (a ViT-B/32 image tower opens in 0.02 s instead of 0.6 s).
+The graph is saved as onnxruntime's extended optimisations leave it (fused attention, GELU, layer norm)
+when that graph passes the same check, so one-shot queries, which open graphs without optimising, run it.
 Files are written under temporary names and renamed; the sidecar comes last, so a reader never sees
 half an export.
 """
@@ -149,11 +151,12 @@ def _write_text(encoder: Encoder, folder: Path) -> dict:
         _export(_TextTower(encoder.model, spec.inputs), _text_args(encoder, spec.inputs), tmp / "graph.onnx",
                 names=list(spec.inputs), axes={n: {0: "batch", 1: "tokens"} for n in spec.inputs})
         weights = _split_weights(tmp / "graph.onnx", "text")
-        cosine = _check_text(encoder, spec, tmp)
+        weights, cosine, fused = _fused(tmp, weights, lambda graph: _check_text(encoder, spec, tmp, graph))
         files = _publish_graph(tmp, weights, folder, "text")
         tok = _publish(tmp / spec.file, folder, "tokenizer")
     tok["spec"] = asdict(TokenSpec(**{**asdict(spec), "file": tok["file"]}))
-    return {**files, "tokenizer": tok, "checked": {"probes": len(TEXT_PROBES), "min_cosine": cosine}}
+    return {**files, "tokenizer": tok, "fused": fused,
+            "checked": {"probes": len(TEXT_PROBES), "min_cosine": cosine}}
 
 
 def _text_args(encoder: Encoder, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
@@ -194,10 +197,10 @@ def token_spec(encoder: Encoder) -> tuple[TokenSpec, bytes]:
     raise Unsupported(f"no replayable tokenizer for {type(tok).__name__}")
 
 
-def _check_text(encoder: Encoder, spec: TokenSpec, folder: Path) -> float:
+def _check_text(encoder: Encoder, spec: TokenSpec, folder: Path, graph: Path) -> float:
     """Probe texts through both paths: identical tokens, cosine >= MIN_COSINE. Returns the lowest cosine."""
     tok = QueryTokenizer(spec, folder)
-    sessions = _both_sessions(folder / "graph.onnx")
+    sessions = _both_sessions(graph)
     lowest = 1.0
     for batch in [[p] for p in TEXT_PROBES] + [TEXT_PROBES]:
         want = {k: v.numpy() for k, v in encoder.tokenize(batch).items()}
@@ -224,10 +227,10 @@ def _write_image(encoder: Encoder, folder: Path) -> dict:
                 axes={"pixels": {0: "batch"}})
         weights = _split_weights(tmp / "graph.onnx", "image")
         reference, feed = encoder.encode_images(probes), {"pixels": pixels(probes, plan)}
-        cosine = min(_lowest_cosine(reference, sess.run(None, feed)[0], "image")
-                     for sess in _both_sessions(tmp / "graph.onnx"))
+        weights, cosine, fused = _fused(tmp, weights, lambda graph: min(
+            _lowest_cosine(reference, sess.run(None, feed)[0], "image") for sess in _both_sessions(graph)))
         files = _publish_graph(tmp, weights, folder, "image")
-    return {**files, "pixels": asdict(plan),
+    return {**files, "pixels": asdict(plan), "fused": fused,
             "checked": {"probes": len(probes), "min_cosine": round(cosine, 8)}}
 
 
@@ -270,6 +273,32 @@ def _split_weights(graph: Path, tower: str) -> str:
     if (graph.parent / name).is_file():  # onnx creates it private (0600): readable like the graph
         os.chmod(graph.parent / name, graph.stat().st_mode & 0o777)
     return name
+
+
+def _fused(tmp: Path, weights: str, check: Callable[[Path], float]) -> tuple[str, float, bool]:
+    """Make tmp/graph.onnx the graph onnxruntime's extended optimisations leave (attention, GELU and layer
+    norm fused, constants folded) when that one passes `check` too, else keep the plain one. One-shot
+    queries open graphs without optimising them (session quick start), so they run the fused graph as
+    saved: 0.02-0.04 s of a cold ViT-B/32 query. Returns (weights file, lowest cosine, fused or not)."""
+    import onnxruntime as ort
+
+    fused_weights = weights.replace(".weights", "-fused.weights")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp / "fused.onnx")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", fused_weights)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(tmp / "graph.onnx"), opts, providers=["CPUExecutionProvider"])
+        cosine = check(tmp / "fused.onnx")
+    except Exception:  # not saved, not loadable or not exact (Unsupported): the plain graph is the export
+        return weights, check(tmp / "graph.onnx"), False
+    os.replace(tmp / "fused.onnx", tmp / "graph.onnx")
+    (tmp / weights).unlink(missing_ok=True)
+    if (tmp / fused_weights).is_file():
+        os.chmod(tmp / fused_weights, (tmp / "graph.onnx").stat().st_mode & 0o777)
+    return fused_weights, cosine, True
 
 
 def _both_sessions(graph: Path) -> list:

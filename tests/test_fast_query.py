@@ -55,19 +55,25 @@ def fresh(fingerprint: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["clip", "shapes-clip", "siglip", "siglip2"])
-def test_fast_path_matches_transformers(family_models, family):
+def test_fast_path_matches_transformers(family_models, family, monkeypatch):
+    """As a server opens the export (optimised) and as a one-shot query does (the saved fused graph)."""
+    import indexer.onnx_cache as onnx_cache
+
     enc = Encoder(family_models[family], device="cpu")
     ok, why = ensure_export(enc, "text")
     assert ok, why
-    fast, why = fresh(enc.fingerprint)
-    assert fast is not None, why
-    for batch in [[t] for t in TEXTS] + [TEXTS]:  # one by one, and padded together
-        want = {k: v.numpy() for k, v in enc.tokenize(batch).items()}
-        got = fast.tokenizer(batch)
-        assert set(got) == set(want)
-        for name in want:
-            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} for {batch[0][:30]!r}")
-        assert cosines(fast.encode_texts(batch), enc.encode_texts(batch)).min() >= 0.9999
+    assert check_export(enc.fingerprint, "text").sidecar["fused"]
+    for quick in (False, True):
+        monkeypatch.setattr(onnx_cache, "_QUICK_START", quick)
+        fast, why = fresh(enc.fingerprint)
+        assert fast is not None, why
+        for batch in [[t] for t in TEXTS] + [TEXTS]:  # one by one, and padded together
+            want = {k: v.numpy() for k, v in enc.tokenize(batch).items()}
+            got = fast.tokenizer(batch)
+            assert set(got) == set(want)
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} for {batch[0][:30]!r}")
+            assert cosines(fast.encode_texts(batch), enc.encode_texts(batch)).min() >= 0.9999
     if family == "siglip":  # SigLIP pads every query to 64 tokens; CLIP truncates at its position limit
         assert fast.tokenizer(["a"])["input_ids"].shape == (1, 64)
     else:
@@ -77,10 +83,12 @@ def test_fast_path_matches_transformers(family_models, family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["clip", "shapes-clip", "siglip", "siglip2"])
-def test_image_path_matches_transformers_or_is_refused(family_models, family):
+def test_image_path_matches_transformers_or_is_refused(family_models, family, monkeypatch):
     """Images resized and cropped with PIL (indexer.pixels) through the ONNX vision tower equal the model's
-    own processor + transformers; SigLIP2's NaFlex patches are not replayed, so its images keep
-    transformers."""
+    own processor + transformers, opened optimised or as saved (fused); SigLIP2's NaFlex patches are not
+    replayed, so its images keep transformers."""
+    import indexer.onnx_cache as onnx_cache
+
     enc = Encoder(family_models[family], device="cpu")
     ok, why = ensure_export(enc, "image")
     forget_loaded(enc.fingerprint)
@@ -89,8 +97,13 @@ def test_image_path_matches_transformers_or_is_refused(family_models, family):
         assert not ok and "cannot use the fast path for images" in why and fast is None
         return
     assert ok, why
+    assert check_export(enc.fingerprint, "image").sidecar["fused"]
     images = probe_images()
-    assert cosines(fast.encode_images(images), enc.encode_images(images)).min() >= 0.9999
+    for quick in (False, True):
+        monkeypatch.setattr(onnx_cache, "_QUICK_START", quick)
+        forget_loaded(enc.fingerprint)
+        fast, _ = load_image_encoder(enc.fingerprint)
+        assert cosines(fast.encode_images(images), enc.encode_images(images)).min() >= 0.9999
 
 
 def test_search_uses_the_export_and_ranks_identically(shapes_store):
@@ -284,6 +297,28 @@ def test_truncated_export_is_detected_and_rebuilt(own_model):
     assert "truncated" in check_export(enc.fingerprint, "text").reason
     assert fresh(enc.fingerprint)[0] is None
     assert_rebuilt(enc)
+
+
+def test_a_fused_graph_that_is_not_exact_is_not_used(own_model, monkeypatch):
+    """When onnxruntime's fused graph fails the exactness check, the plain graph is the export."""
+    import indexer.onnx_export as onnx_export
+
+    _, enc = own_model
+    real = onnx_export._both_sessions
+
+    def reject_fused(graph):
+        if graph.name == "fused.onnx":
+            raise onnx_export.Unsupported("ONNX text embedding differs from transformers (cosine 0.99)")
+        return real(graph)
+
+    monkeypatch.setattr(onnx_export, "_both_sessions", reject_fused)
+    assert ensure_export(enc, "text", force=True)[0]
+    sidecar = check_export(enc.fingerprint, "text").sidecar
+    assert sidecar["fused"] is False and "-fused" not in sidecar["weights"]["file"]
+    fast, _ = fresh(enc.fingerprint)
+    assert cosines(fast.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() >= 0.9999
+    assert sorted(p.name for p in graph_file(enc).parent.iterdir()) == sorted(
+        [sidecar[part]["file"] for part in ("graph", "weights", "tokenizer")] + ["export.json"])
 
 
 def test_weights_file_beside_the_graph_is_checked(own_model):
