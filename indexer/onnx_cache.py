@@ -117,6 +117,11 @@ def check_export(fingerprint: str, tower: str) -> ExportCheck:
                 return ExportCheck(None, f"model file changed since the {tower} export: {p}")
         if not meta.get("ok"):
             return ExportCheck(None, f"model {CANNOT} for {tower}s: {meta.get('why', 'unknown')}")
+        if meta.get("fused"):  # fused kernels are onnxruntime's own: checked with the version that ran them
+            wrote, runs = meta["versions"]["onnxruntime"], onnxruntime_version()
+            if wrote != runs:
+                return ExportCheck(None, f"no fast {tower} export for this onnxruntime (the cached one was "
+                                         f"fused by onnxruntime {wrote}, this is {runs or 'none'})")
         for part in FILE_PARTS:
             if part not in meta:
                 continue
@@ -169,6 +174,15 @@ def session(path: Path, threads: int = 1, quick_start: bool | None = None):
         opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_version() -> str:
+    """The installed onnxruntime's version ("" when it does not import)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return ""
+    return onnxruntime.__version__
 
 
 def onnxruntime_missing() -> str:

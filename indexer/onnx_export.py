@@ -40,6 +40,7 @@ from indexer.onnx_cache import (
     check_export,
     export_dir,
     file_stamp,
+    onnxruntime_version,
     session,
     sha256_file,
     source_stamps,
@@ -127,7 +128,7 @@ def ensure_export(encoder: Encoder, tower: str, cpu: list[Encoder] | None = None
         return False, f"model {CANNOT} for {tower}s: {exc}"
     meta.update(head, ok=True, dim=encoder.dim, family=encoder.family,
                 seconds=round(time.perf_counter() - t0, 2),
-                versions={"torch": torch.__version__, "onnxruntime": _ort_version()})
+                versions={"torch": torch.__version__, "onnxruntime": onnxruntime_version()})
     save_json(folder / SIDECAR, meta)
     _sweep(folder, keep={meta[part]["file"] for part in FILE_PARTS if part in meta} | {SIDECAR})
     return True, ""
@@ -370,9 +371,3 @@ def _sweep(folder: Path, keep: set[str] | None = None) -> None:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         elif keep is not None and p.name not in keep and p.suffix in (".onnx", ".weights", ".json", ".model"):
             p.unlink(missing_ok=True)
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__

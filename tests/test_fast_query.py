@@ -321,6 +321,19 @@ def test_a_fused_graph_that_is_not_exact_is_not_used(own_model, monkeypatch):
         [sidecar[part]["file"] for part in ("graph", "weights", "tokenizer")] + ["export.json"])
 
 
+def test_a_fused_export_from_another_onnxruntime_is_rebuilt(own_model):
+    """Fused kernels belong to the onnxruntime that checked them: after an upgrade the export is stale."""
+    _, enc = own_model
+    sidecar_file = export_dir(enc.fingerprint, "text") / "export.json"
+    meta = json.loads(sidecar_file.read_text())
+    meta["versions"]["onnxruntime"] = "1.0.0"
+    sidecar_file.write_text(json.dumps(meta))
+    reason = check_export(enc.fingerprint, "text").reason
+    assert "fused by onnxruntime 1.0.0" in reason and "no fast text export" in reason
+    assert fresh(enc.fingerprint)[0] is None
+    assert_rebuilt(enc)
+
+
 def test_weights_file_beside_the_graph_is_checked(own_model):
     """The weights live in their own file (memory-mapped at load); one cut short or rewritten in place is
     caught by the sidecar's stamp, and the export is rebuilt."""
