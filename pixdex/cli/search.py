@@ -80,7 +80,8 @@ def run_search(args) -> int:
     k = args.k if args.k is not None else (None if args.threshold is not None else 10)
     if len(queries) <= QUICK_START_QUERIES:
         prefer_quick_start()
-        encode_files_ahead(args.store, queries)
+        if args.model is None:  # an explicit model runs transformers (search.encoding.QueryEncoder)
+            encode_files_ahead(args.store, queries)
 
     from search.results import format_table, records, write_html
     from search.searcher import Searcher
