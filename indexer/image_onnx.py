@@ -125,10 +125,8 @@ def encode_files_ahead(fingerprint: str, paths: Sequence[str]) -> None:
     job.thread = threading.Thread(target=_encode_ahead, args=(fingerprint, keys, job), daemon=True,
                                   name="pixdex-encode-ahead")
     with _AHEAD_LOCK:
-        if not _JOBS:
-            atexit.register(_stop_ahead)
         _AHEAD.update(keys)
-        _JOBS.append(job)
+        _JOBS[:] = [j for j in _JOBS if j.thread is not None and j.thread.is_alive()] + [job]
     job.thread.start()
 
 
@@ -181,3 +179,6 @@ def _stop_ahead() -> None:
             job.run_options.terminate = True
         if job.thread is not None:
             job.thread.join()
+
+
+atexit.register(_stop_ahead)
