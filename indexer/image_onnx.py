@@ -127,7 +127,11 @@ def encode_files_ahead(fingerprint: str, paths: Sequence[str]) -> None:
     with _AHEAD_LOCK:
         _AHEAD.update(keys)
         _JOBS[:] = [j for j in _JOBS if j.thread is not None and j.thread.is_alive()] + [job]
-    job.thread.start()
+    try:
+        job.thread.start()
+    except RuntimeError:  # no thread to be had: the foreground encodes them
+        for pending in keys.values():
+            pending.done.set()
 
 
 def _encode_ahead(fingerprint: str, keys: dict[tuple, _Ahead], job: _Job) -> None:
