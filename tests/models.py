@@ -115,3 +115,33 @@ def save_random_siglip2(out: Path, seed: int = 0) -> Path:
                             tokenizer=tok)
     proc.save_pretrained(out)
     return out
+
+
+def with_logit_params(path: str, log_scale: float, bias: float) -> str:
+    """Re-save a SigLIP checkpoint with a non-trivial logit scale and bias (random init leaves 0, 0)."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(path)
+    with torch.no_grad():
+        model.logit_scale.fill_(log_scale)
+        model.logit_bias.fill_(bias)
+    model.save_pretrained(path)
+    return path
+
+
+def small_siglip_store(tmp_path: Path, shapes_dir: Path, count: int) -> tuple[str, Path]:
+    """(model, store): a random SigLIP with logit scale e^2.3 and bias -1.5, and a store of the first
+    `count` PNGs of shapes_dir indexed with it."""
+    import shutil
+
+    from indexer.job import index_collection
+
+    model = with_logit_params(str(save_random_siglip(tmp_path / "siglip")), 2.3, -1.5)
+    images = tmp_path / "few"
+    images.mkdir()
+    for p in sorted(shapes_dir.glob("*.png"))[:count]:
+        shutil.copy(p, images)
+    store = tmp_path / "s.pixdex"
+    index_collection([str(images)], store, model=model, progress=False, workers=0)
+    return model, store

@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from models import save_random_siglip, save_random_siglip2
+from models import save_random_siglip, save_random_siglip2, with_logit_params
 from PIL import Image
 
 from classify.classifier import ZeroShotClassifier
@@ -22,19 +22,6 @@ LABEL_SETS = [
     ["a shape", "circle", "square", "star", "hexagon", "cross", "triangle"],
 ]
 TEMPLATES = ["This is a photo of {}.", "{}", "a drawing of a {} on the left"]
-
-
-def with_logit_params(path: str, log_scale: float, bias: float) -> str:
-    """Re-save a SigLIP checkpoint with a non-trivial logit scale and bias (random init leaves 0, 0)."""
-    import torch
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(path)
-    with torch.no_grad():
-        model.logit_scale.fill_(log_scale)
-        model.logit_bias.fill_(bias)
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

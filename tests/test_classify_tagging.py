@@ -59,19 +59,11 @@ def test_stored_path_matches_pipeline_for_clip(tiny_store, tiny_clip):
 
 
 def test_stored_path_matches_pipeline_for_siglip(tmp_path, shapes_dir):
-    from models import save_random_siglip
-    from test_classify_pipeline import with_logit_params
+    from models import small_siglip_store
     from transformers import pipeline
 
-    from indexer.job import index_collection
-
-    model = with_logit_params(str(save_random_siglip(tmp_path / "siglip")), 2.3, -1.5)
-    images = tmp_path / "few"
-    images.mkdir()
-    for p in sorted(shapes_dir.glob("*.png"))[:6]:
-        shutil.copy(p, images)
-    index_collection([str(images)], tmp_path / "s.pixdex", model=model, progress=False, workers=0)
-    rows = collect(tmp_path / "s.pixdex", SHAPES, top_k=3)
+    model, store = small_siglip_store(tmp_path, shapes_dir, 6)
+    rows = collect(store, SHAPES, top_k=3)
     pipe = pipeline("zero-shot-image-classification", model=model)
     for row in rows:
         ref = pipe(row["path"], candidate_labels=SHAPES)[:3]

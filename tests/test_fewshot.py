@@ -281,18 +281,9 @@ def test_multi_label_tagger_saved_and_refreshed_like_a_full_run(shapes_clip, tmp
 
 def test_siglip_store_zero_examples_exact_and_taught_fits_its_examples(tmp_path, shapes_dir):
     """SigLIP scores with a sigmoid and its own logit bias: the taught classifier keeps both."""
-    from models import save_random_siglip
-    from test_classify_pipeline import with_logit_params
+    from models import small_siglip_store
 
-    from indexer.job import index_collection
-
-    model = with_logit_params(str(save_random_siglip(tmp_path / "siglip")), 2.3, -1.5)
-    images = tmp_path / "few"
-    images.mkdir()
-    for p in sorted(shapes_dir.glob("*.png"))[:12]:
-        shutil.copy(p, images)
-    store = tmp_path / "s.pixdex"
-    index_collection([str(images)], store, model=model, progress=False, workers=0)
+    model, store = small_siglip_store(tmp_path, shapes_dir, 12)
     ids = Store.open(store).ids().tolist()
     labels = ["circle", "square"]
     for mode in ("single", "multi"):
