@@ -187,11 +187,7 @@ def onnxruntime_version() -> str:
 
 def onnxruntime_missing() -> str:
     """'' when onnxruntime imports, else the one-line reason."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "onnxruntime is not installed (pip install 'pixdex[fast]')"
-    return ""
+    return "" if onnxruntime_version() else "onnxruntime is not installed (pip install 'pixdex[fast]')"
 
 
 _LOADED: dict[tuple[str, str], Any] = {}  # (tower, fingerprint) -> loaded fast encoder
